@@ -1,0 +1,3 @@
+from molgen.cli import app
+
+app(prog_name="molgen")

@@ -1,0 +1,187 @@
+"""Decoding (atom probabilities, bond probabilities) into RDKit molecules.
+
+* :func:`decode_raw` takes the argmax of everything and sanitizes; it may fail, and its success rate
+  is the "validity without correction" that papers report.
+* :func:`decode_constrained` is what users get: it keeps the argmax atom types where it can and adds
+  bonds in order of probability only while every atom stays within its allowed (charge-aware)
+  valence, so the result is always a valid, connected molecule.
+
+Inputs are one molecule's probabilities: ``atom_probs`` (n, A) and ``bond_probs`` (n, n, 4) over
+``tokenizer.BOND_TYPES``; they need not be normalised or symmetric (the mean of (i, j) and (j, i) is
+used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rdkit import Chem
+
+from molgen.chemistry import fragment_count
+from molgen.tokenizer import ID_TO_BOND_ORDER, Vocabulary
+
+
+@dataclass(frozen=True)
+class RawDecode:
+    mol: Chem.Mol | None
+    failure: str | None  # None on success; "valence", "disconnected", "kekulize", ... otherwise
+
+    @property
+    def valid(self) -> bool:
+        return self.mol is not None
+
+
+@dataclass(frozen=True)
+class ConstrainedDecode:
+    mol: Chem.Mol
+    changed: bool  # whether any atom type or bond differs from the argmax (raw) graph
+
+
+def decode_raw(atom_probs: np.ndarray, bond_probs: np.ndarray, vocab: Vocabulary) -> RawDecode:
+    atom_types, bond_ids = argmax_graph(atom_probs, bond_probs)
+    mol = build_molecule(atom_types, bond_ids, vocab)
+    try:
+        Chem.SanitizeMol(mol)
+    except Chem.AtomValenceException:
+        return RawDecode(None, "valence")
+    except Chem.KekulizeException:
+        return RawDecode(None, "kekulize")
+    except Exception as error:  # RDKit has no common base class for sanitization errors
+        return RawDecode(None, type(error).__name__)
+    if mol.GetNumAtoms() > 1 and fragment_count(mol) > 1:
+        return RawDecode(None, "disconnected")
+    return RawDecode(mol, None)
+
+
+def decode_constrained(
+    atom_probs: np.ndarray, bond_probs: np.ndarray, vocab: Vocabulary
+) -> ConstrainedDecode:
+    atom_probs = np.asarray(atom_probs, dtype=np.float64)
+    bond_probs = _symmetrise(np.asarray(bond_probs, dtype=np.float64))
+    n = atom_probs.shape[0]
+    if n == 0:
+        raise ValueError("cannot decode a molecule with no atoms")
+    raw_atoms, raw_bonds = argmax_graph(atom_probs, bond_probs)
+    valences = vocab.max_valences
+    atom_types = _tree_feasible_atom_types(atom_probs, raw_atoms.copy(), valences)
+    bonds = _assign_bonds(bond_probs, valences[atom_types].copy())
+    mol = build_molecule(atom_types, bonds, vocab)
+    Chem.SanitizeMol(mol)  # cannot fail by construction; an exception here is a bug worth seeing
+    changed = bool((atom_types != raw_atoms).any() or (bonds != raw_bonds).any())
+    return ConstrainedDecode(mol, changed)
+
+
+def argmax_graph(atom_probs: np.ndarray, bond_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    atom_types = np.asarray(atom_probs).argmax(axis=-1)
+    bonds = _symmetrise(np.asarray(bond_probs, dtype=np.float64)).argmax(axis=-1)
+    np.fill_diagonal(bonds, 0)
+    return atom_types, bonds
+
+
+def build_molecule(atom_types: np.ndarray, bonds: np.ndarray, vocab: Vocabulary) -> Chem.Mol:
+    """Unsanitized molecule from atom-type ids and a bond-id matrix (upper triangle is read)."""
+    mol = Chem.RWMol()
+    for type_id in atom_types:
+        symbol, charge = vocab.atom_types[int(type_id)]
+        atom = Chem.Atom(symbol)
+        atom.SetFormalCharge(charge)
+        mol.AddAtom(atom)
+    rows, cols = np.nonzero(np.triu(bonds, k=1))
+    for i, j in zip(rows.tolist(), cols.tolist()):
+        mol.AddBond(i, j, ID_TO_BOND_ORDER[int(bonds[i, j])])
+    return mol.GetMol()
+
+
+def _symmetrise(bond_probs: np.ndarray) -> np.ndarray:
+    return 0.5 * (bond_probs + bond_probs.transpose(1, 0, 2))
+
+
+def _tree_feasible_atom_types(
+    atom_probs: np.ndarray, atom_types: np.ndarray, valences: np.ndarray
+) -> np.ndarray:
+    """Change as few, as likely, atom types as needed for a connected molecule to exist.
+
+    n atoms can be joined by a tree iff every atom has valence >= 1 and the valences sum to at
+    least 2(n - 1). Each change swaps one atom to a higher-valence type, taking the change that
+    costs the least probability, so the loop ends (at worst every atom gets the top valence).
+    """
+    n = atom_types.shape[0]
+    if n == 1:
+        return atom_types
+    if valences.max() < 1 or (n > 2 and valences.max() < 2):
+        raise ValueError(f"no atom type in the vocabulary can join {n} atoms into one molecule")
+    while True:
+        current = valences[atom_types]
+        if current.min() >= 1 and current.sum() >= 2 * (n - 1):
+            return atom_types
+        # Cost of each (atom, new type): probability lost; only upgrades in valence qualify.
+        gain = atom_probs - atom_probs[np.arange(n), atom_types][:, None]
+        upgrade = valences[None, :] > current[:, None]
+        if current.min() < 1:  # atoms that cannot bond at all are fixed first
+            upgrade &= (current < 1)[:, None]
+        gain = np.where(upgrade, gain, -np.inf)
+        atom, new_type = np.unravel_index(np.argmax(gain), gain.shape)
+        atom_types[atom] = new_type
+
+
+def _assign_bonds(bond_probs: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Bond ids (n, n) within ``capacity`` (remaining valence per atom), always connected.
+
+    1. A spanning tree of single bonds, Kruskal-style: pairs the model wants bonded first (by the
+       probability of their best bond order), then the rest (by 1 - p(none)). A merge is refused if
+       it would leave the merged fragment with no free valence while other fragments remain, which
+       keeps the tree completable (see ``_tree_feasible_atom_types``).
+    2. Every wanted bond (ring closures, higher orders on tree bonds) in order of probability, each
+       at the highest order the remaining valence allows, up to the model's preferred order.
+    When the argmax graph is itself valid and connected, this returns exactly that graph.
+    """
+    n = capacity.shape[0]
+    bonds = np.zeros((n, n), dtype=np.int64)
+    if n == 1:
+        return bonds
+    rows, cols = np.triu_indices(n, k=1)
+    pair_probs = bond_probs[rows, cols]  # (P, 4)
+    best_order = 1 + pair_probs[:, 1:].argmax(axis=1)
+    best_prob = pair_probs[:, 1:].max(axis=1)
+    wanted = best_prob > pair_probs[:, 0]
+
+    tree_key = np.where(wanted, 2.0 + best_prob, 1.0 - pair_probs[:, 0])
+    parent = list(range(n))
+    free = {i: int(capacity[i]) for i in range(n)}  # free valence of each fragment, keyed by root
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    fragments = n
+    for pair in np.argsort(-tree_key, kind="stable"):
+        i, j = int(rows[pair]), int(cols[pair])
+        a, b = root(i), root(j)
+        if a == b or capacity[i] < 1 or capacity[j] < 1:
+            continue
+        merged_free = free[a] + free[b] - 2
+        if merged_free < 1 and fragments > 2:
+            continue
+        bonds[i, j] = bonds[j, i] = 1
+        capacity[i] -= 1
+        capacity[j] -= 1
+        parent[b] = a
+        free[a] = merged_free
+        fragments -= 1
+        if fragments == 1:
+            break
+
+    for pair in np.argsort(-best_prob, kind="stable"):
+        i, j = int(rows[pair]), int(cols[pair])
+        if not wanted[pair]:  # a tree bond the model did not want stays single
+            continue
+        current = bonds[i, j]
+        target = min(int(best_order[pair]), current + int(min(capacity[i], capacity[j])))
+        if target > current:
+            bonds[i, j] = bonds[j, i] = target
+            capacity[i] -= target - current
+            capacity[j] -= target - current
+    return bonds

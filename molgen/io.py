@@ -1,0 +1,248 @@
+"""Streaming molecule files in and out: CSV/TSV, SMILES (.smi), SDF and Parquet, gzip transparently.
+
+Readers yield :class:`Chunk` objects of at most ``chunk_size`` rows, so memory stays flat whatever
+the file size. Every row of the input appears in exactly one chunk, in file order: rows that cannot
+be read as a molecule keep their place with ``smiles`` None and a ``read_error``, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+from rdkit import Chem
+
+DEFAULT_CHUNK_SIZE = 10_000
+SMILES_FORMATS = {".smi", ".smiles", ".ism", ".can"}
+SDF_FORMATS = {".sdf", ".sd", ".mol"}
+PARQUET_FORMATS = {".parquet", ".pq"}
+TABLE_FORMATS = {".csv": ",", ".tsv": "\t", ".txt": ","}
+READABLE_FORMATS = sorted(set(TABLE_FORMATS) | SMILES_FORMATS | SDF_FORMATS | PARQUET_FORMATS)
+
+
+class InputError(ValueError):
+    """The input as a whole cannot be read (missing column, unknown format): a usage error."""
+
+
+@dataclass
+class Chunk:
+    """``frame`` holds the input columns as text; ``frame.index`` is the 0-based row number."""
+
+    frame: pd.DataFrame
+    smiles: list[str | None]
+    read_error: list[str | None]  # why a row could not be read as a molecule (SDF records)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """Suffix that decides the format, ignoring a trailing ``.gz``."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix not in READABLE_FORMATS:
+        raise InputError(
+            f"cannot tell the format of {Path(path).name!r}: use one of {', '.join(READABLE_FORMATS)}"
+            " (optionally .gz)"
+        )
+    return suffix
+
+
+def read_molecules(
+    path: str | os.PathLike, smiles_column: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Iterator[Chunk]:
+    """Stream ``path`` in chunks; ``smiles_column`` defaults to a column named smiles (any case)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file {str(path)!r} does not exist")
+    suffix = file_format(path)
+    if suffix in TABLE_FORMATS:
+        return _read_table(path, TABLE_FORMATS[suffix], smiles_column, chunk_size)
+    if suffix in SMILES_FORMATS:
+        return _read_smi(path, chunk_size)
+    if suffix in SDF_FORMATS:
+        return _read_sdf(path, chunk_size)
+    return _read_parquet(path, smiles_column, chunk_size)
+
+
+def resolve_smiles_column(columns: list[str], requested: str | None) -> str:
+    if requested is not None:
+        if requested in columns:
+            return requested
+        raise InputError(f"no column {requested!r} in the input; columns are: {', '.join(map(str, columns))}")
+    matches = [c for c in columns if str(c).strip().lower() == "smiles"]
+    if matches:
+        return matches[0]
+    raise InputError(
+        f"no SMILES column found; pass --smiles-column, one of: {', '.join(map(str, columns))}"
+    )
+
+
+def _open_text(path: Path):
+    raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    # Undecodable bytes become U+FFFD so the row survives and is reported, not the whole file lost.
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+
+
+def _read_table(path: Path, sep: str, smiles_column: str | None, chunk_size: int) -> Iterator[Chunk]:
+    with _open_text(path) as handle:
+        header = pd.read_csv(handle, sep=sep, dtype=str, nrows=0)
+    column = resolve_smiles_column(list(header.columns), smiles_column)  # fail before any work
+    return _table_chunks(path, sep, column, chunk_size)
+
+
+def _table_chunks(path: Path, sep: str, column: str, chunk_size: int) -> Iterator[Chunk]:
+    with _open_text(path) as handle:
+        reader = pd.read_csv(
+            handle, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False, chunksize=chunk_size
+        )
+        start = 0
+        for frame in reader:
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            start += len(frame)
+            yield Chunk(frame, [s if s else None for s in frame[column].tolist()], [None] * len(frame))
+
+
+def _read_smi(path: Path, chunk_size: int) -> Iterator[Chunk]:
+    """One molecule per line: SMILES, then optionally whitespace and a name."""
+    start = 0
+    rows: list[tuple[str, str]] = []
+    with _open_text(path) as handle:
+        for line in handle:
+            parts = line.strip().split(maxsplit=1)
+            rows.append((parts[0] if parts else "", parts[1] if len(parts) > 1 else ""))
+            if len(rows) == chunk_size:
+                yield _smi_chunk(rows, start)
+                start += len(rows)
+                rows = []
+    if rows:
+        yield _smi_chunk(rows, start)
+
+
+def _smi_chunk(rows: list[tuple[str, str]], start: int) -> Chunk:
+    frame = pd.DataFrame(rows, columns=["smiles", "name"], index=pd.RangeIndex(start, start + len(rows)))
+    return Chunk(frame, [s or None for s, _ in rows], [None] * len(rows))
+
+
+def _read_sdf(path: Path, chunk_size: int) -> Iterator[Chunk]:
+    raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    with raw:
+        supplier = Chem.ForwardSDMolSupplier(raw, sanitize=False, removeHs=False)
+        records: list[dict] = []
+        smiles: list[str | None] = []
+        errors: list[str | None] = []
+        start = 0
+        for number, mol in enumerate(supplier):
+            record, text, error = _sdf_record(mol, number)
+            records.append(record)
+            smiles.append(text)
+            errors.append(error)
+            if len(records) == chunk_size:
+                yield _sdf_chunk(records, smiles, errors, start)
+                start += len(records)
+                records, smiles, errors = [], [], []
+        if records:
+            yield _sdf_chunk(records, smiles, errors, start)
+
+
+def _sdf_record(mol: Chem.Mol | None, number: int) -> tuple[dict, str | None, str | None]:
+    if mol is None:
+        return {"name": ""}, None, f"SDF record {number + 1} could not be read"
+    record = {"name": mol.GetProp("_Name") if mol.HasProp("_Name") else ""}
+    record.update({k: str(v) for k, v in mol.GetPropsAsDict(includePrivate=False).items()})
+    try:
+        Chem.SanitizeMol(mol)
+        mol = Chem.RemoveHs(mol)
+    except Exception as error:  # RDKit raises several unrelated exception types here
+        return record, None, f"SDF record {number + 1} rejected by RDKit: {str(error).strip()}"
+    return record, Chem.MolToSmiles(mol), None
+
+
+def _sdf_chunk(records: list[dict], smiles: list, errors: list, start: int) -> Chunk:
+    frame = pd.DataFrame.from_records(records, index=pd.RangeIndex(start, start + len(records)))
+    frame.insert(0, "smiles", [s or "" for s in smiles])
+    return Chunk(frame.astype(str), smiles, errors)
+
+
+def _read_parquet(path: Path, smiles_column: str | None, chunk_size: int) -> Iterator[Chunk]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as error:
+        raise InputError("reading Parquet needs pyarrow: pip install 'molgen[parquet]'") from error
+    parquet = pq.ParquetFile(path)
+    column = resolve_smiles_column(parquet.schema_arrow.names, smiles_column)
+    start = 0
+    for batch in parquet.iter_batches(batch_size=chunk_size):
+        frame = batch.to_pandas()
+        frame.index = pd.RangeIndex(start, start + len(frame))
+        start += len(frame)
+        smiles = [s if isinstance(s, str) and s else None for s in frame[column].tolist()]
+        yield Chunk(frame, smiles, [None] * len(frame))
+
+
+class TableWriter:
+    """Appends DataFrame chunks to a CSV/TSV (optionally .gz) or Parquet file.
+
+    Output goes to ``<path>.partial`` and is renamed on :meth:`close`, so a file at ``path`` is
+    always complete; :meth:`abort` removes the partial file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        suffixes = [s.lower() for s in self.path.suffixes]
+        self._gzip = bool(suffixes) and suffixes[-1] == ".gz"
+        core = suffixes[-2] if self._gzip and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
+        if core not in {".csv", ".tsv", ".parquet", ".pq"}:
+            raise InputError(f"cannot write {self.path.name!r}: use .csv, .tsv (optionally .gz) or .parquet")
+        self._format = core
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._handle = None
+        self._parquet = None
+        self.rows_written = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self._format in {".parquet", ".pq"}:
+            self._write_parquet(frame)
+        else:
+            if self._handle is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                opener = gzip.open if self._gzip else open
+                self._handle = opener(self._partial, "wt", encoding="utf-8", newline="")
+            sep = "\t" if self._format == ".tsv" else ","
+            frame.to_csv(self._handle, sep=sep, index=False, header=self.rows_written == 0)
+        self.rows_written += len(frame)
+
+    def _write_parquet(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._parquet is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            self._parquet = pq.ParquetWriter(self._partial, table.schema)
+        else:
+            table = pa.Table.from_pandas(frame, schema=self._parquet.schema, preserve_index=False)
+        self._parquet.write_table(table)
+
+    def _close_handles(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        if self._parquet is not None:
+            self._parquet.close()
+
+    def close(self) -> None:
+        if self._handle is None and self._parquet is None:
+            self.write(pd.DataFrame())  # an empty input still gives an (empty) output file
+        self._close_handles()
+        os.replace(self._partial, self.path)
+
+    def abort(self) -> None:
+        self._close_handles()
+        self._partial.unlink(missing_ok=True)
