@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 import pandas as pd
-
 from _common import SHARED_DATA, median_rate, write_results
+
 from molgen.chemistry import canonical_smiles, parse_smiles
 from molgen.decode import decode_constrained, decode_raw
 from molgen.tokenizer import BOND_TYPES, Vocabulary, encode, molecular_graph

@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 usage error (bad option, unreadable input, unknown colu
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -185,3 +186,103 @@ def data_prepare(
         out.print("first rejected rows:")
         for row in dataset.rejected.head(5).itertuples():
             out.print(f"  row {row.row + 1}: {row.status}: {row.reason}", highlight=False)
+
+
+@app.command()
+def train(
+    data: List[str] = typer.Argument(
+        ..., help="Training sets, each its own distribution: 'qm9' or a molecule file (with --test-idx for its split)."
+    ),
+    out: Path = typer.Option(Path("runs/discoformer"), "--out", "-o", help="Run folder: checkpoint.pt, metrics.jsonl."),
+    qm9_path: Optional[Path] = typer.Option(None, help="Folder or qm9.csv with qm9_test_idx.json beside it."),
+    epochs: int = typer.Option(20, min=1, help="Epochs; the cosine schedule spans them."),
+    batch_size: int = typer.Option(256, min=2),
+    lr: float = typer.Option(1e-3, min=0.0),
+    max_minutes: Optional[float] = typer.Option(None, min=0.0, help="Stop after this much training time (resumable)."),
+    checkpoint_minutes: float = typer.Option(5.0, min=0.0, help="Write a checkpoint at least this often."),
+    resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
+    seed: int = typer.Option(0),
+    d_model: int = typer.Option(128, min=8),
+    n_layers: int = typer.Option(4, min=1),
+    n_heads: int = typer.Option(8, min=1),
+    d_pair: int = typer.Option(32, min=4),
+    self_conditioning: bool = typer.Option(True, help="Feed the model its previous x0 estimate."),
+    nll_weight: float = typer.Option(0.1, min=0.0, help="Weight of the density regression onto the ELBO."),
+    consistency_weight: float = typer.Option(0.01, min=0.0, help="Weight of the score-density consistency loss."),
+    logsnr_max: float = typer.Option(9.0),
+    logsnr_min: float = typer.Option(-9.0),
+    val_molecules: int = typer.Option(1000, min=1, help="Held-out molecules for the per-epoch validation ELBO."),
+    workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
+) -> None:
+    """Train a DiScoFormer (score + density heads) on one or more molecule sets."""
+    from molgen.losses import LossWeights
+    from molgen.train import TrainConfig, Trainer, TrainingData, noise_config
+
+    if device.startswith("cuda") and not _cuda_available():
+        raise _fail(f"--device {device} requested but CUDA is not available", 2)
+    if d_model % n_heads:
+        raise _fail(f"--d-model {d_model} must be a multiple of --n-heads {n_heads}", 2)
+    try:
+        datasets, names = [], []
+        for source in data:
+            if source == "qm9":
+                files = locate_qm9(qm9_path)
+                dataset, _ = prepare_dataset(files.csv, files.test_idx, workers=workers)
+            else:
+                dataset, _ = prepare_dataset(Path(source), workers=workers)
+            datasets.append(dataset)
+            names.append(source if source == "qm9" else Path(source).stem)
+    except (InputError, FileNotFoundError) as error:
+        raise _fail(str(error), 2) from None
+
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_minutes=max_minutes,
+        checkpoint_minutes=checkpoint_minutes, val_molecules=val_molecules,
+        model={"d_model": d_model, "d_pair": d_pair, "n_layers": n_layers, "n_heads": n_heads,
+               "d_ff": 2 * d_model, "self_conditioning": self_conditioning},
+        loss={**LossWeights().to_dict(), "nll": nll_weight, "consistency": consistency_weight},
+        noise=noise_config(logsnr_max, logsnr_min),
+    )
+    trainer = Trainer(config, TrainingData.combine(datasets, names), out)
+    if resume:
+        try:
+            trainer.resume()
+        except (FileNotFoundError, ValueError) as error:
+            raise _fail(str(error), 2) from None
+    out_console = Console()
+    out_console.print(
+        f"training {trainer.model.num_parameters():,} parameters on {', '.join(names)} "
+        f"({len(trainer.train_rows):,} molecules, {trainer.steps_per_epoch} steps/epoch) -> {out}",
+        highlight=False, soft_wrap=True,
+    )
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TextColumn("step {task.completed:,.0f}/{task.total:,.0f}"),
+        TextColumn("[cyan]{task.fields[losses]}"), TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("train", total=trainer.total_steps, completed=trainer.step, losses="")
+
+        def on_step(values: dict) -> None:
+            losses = " ".join(f"{k} {values[k]:.3g}" for k in ("score", "nll", "consistency", "elbo"))
+            progress.update(task, completed=values["step"], losses=losses)
+
+        def on_epoch(record: dict) -> None:
+            progress.console.print(
+                f"epoch {record['epoch']}: score {record['train_score']:.4f} dsm {record['train_dsm']:.3f} "
+                f"nll {record['train_nll']:.4f} consistency {record['train_consistency']:.4f} | val ELBO "
+                f"{record['val_elbo_nats']:.2f} ± {record['val_elbo_stderr']:.2f} nats, Spearman(D, ELBO) "
+                f"{record['spearman_density_elbo']:.3f} | {record['molecules_per_second']:.0f} mol/s",
+                highlight=False, soft_wrap=True,
+            )
+
+        metrics = trainer.fit(on_step, on_epoch)
+    state = "stopped (resume with --resume)" if trainer.step < trainer.total_steps else "finished"
+    out_console.print(f"{state} at step {trainer.step:,}; checkpoint {trainer.checkpoint_path}", highlight=False)
+    if metrics:
+        out_console.print(json.dumps({k: metrics[k] for k in ("val_elbo_nats", "spearman_density_elbo") if k in metrics}))
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -19,7 +19,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from molgen.chemistry import canonical_smiles, parse_smiles_with_reason
 from molgen.io import read_molecules
@@ -29,6 +28,7 @@ from molgen.tokenizer import (
     MolecularGraph,
     OutOfDomain,
     Vocabulary,
+    batch_from_arrays,
     domain_problem,
     molecular_graph,
 )
@@ -176,13 +176,7 @@ class PreparedDataset:
         return np.flatnonzero(self.split == SPLITS.index(split))
 
     def batch(self, indices: np.ndarray) -> GraphBatch:
-        n = self.vocab.max_atoms
-        sizes = torch.from_numpy(self.sizes[indices].astype(np.int64))
-        return GraphBatch(
-            atoms=torch.from_numpy(self.atoms[indices].astype(np.int64)),
-            bonds=torch.from_numpy(self.bonds[indices].astype(np.int64)),
-            mask=torch.arange(n)[None, :] < sizes[:, None],
-        )
+        return batch_from_arrays(self.atoms[indices], self.bonds[indices], self.sizes[indices])
 
     def size_distribution(self, split: str = "train") -> np.ndarray:
         """p(n) for n = 0..N over ``split``."""

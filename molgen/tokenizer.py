@@ -246,15 +246,14 @@ class GraphBatch:
     def to(self, device: torch.device | str) -> "GraphBatch":
         return GraphBatch(self.atoms.to(device), self.bonds.to(device), self.mask.to(device))
 
-    def one_hot(self, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float one-hots ``X`` (B, N, A) and ``E`` (B, N, N, 4), zero outside real atoms/pairs.
-
-        The diagonal of ``E`` is zero too: an atom has no bond to itself.
+    def one_hot(self, num_atom_types: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float one-hots ``X`` (B, N, A) and ``E`` (B, N, N, 4), zero outside real atoms/pairs:
+        the clean state z_0 of the noise process. The diagonal of ``E`` is zero (no self-bonds).
         """
         atom_mask = self.mask.unsqueeze(-1).float()
-        x = torch.nn.functional.one_hot(self.atoms, vocab.num_atom_types).float() * atom_mask
+        x = torch.nn.functional.one_hot(self.atoms, num_atom_types).float() * atom_mask
         pair_mask = pair_mask_of(self.mask).unsqueeze(-1).float()
-        e = torch.nn.functional.one_hot(self.bonds, vocab.num_bond_types).float() * pair_mask
+        e = torch.nn.functional.one_hot(self.bonds, len(BOND_TYPES)).float() * pair_mask
         return x, e
 
 
@@ -263,6 +262,16 @@ def pair_mask_of(mask: torch.Tensor) -> torch.Tensor:
     pairs = mask.unsqueeze(1) & mask.unsqueeze(2)
     eye = torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
     return pairs & ~eye
+
+
+def batch_from_arrays(atoms: np.ndarray, bonds: np.ndarray, sizes: np.ndarray) -> GraphBatch:
+    """Batch from padded id arrays (B, N), (B, N, N) and sizes (B,), as datasets store them."""
+    sizes_t = torch.from_numpy(sizes.astype(np.int64))
+    return GraphBatch(
+        atoms=torch.from_numpy(atoms.astype(np.int64)),
+        bonds=torch.from_numpy(bonds.astype(np.int64)),
+        mask=torch.arange(atoms.shape[1])[None, :] < sizes_t[:, None],
+    )
 
 
 def collate(tokens: list[GraphTokens], max_atoms: int) -> GraphBatch:

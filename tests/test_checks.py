@@ -1,6 +1,5 @@
-from concurrent.futures import ProcessPoolExecutor
-
 import math
+from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
 import pytest

@@ -1,13 +1,12 @@
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import shared_file
 from typer.testing import CliRunner
 
-from conftest import shared_file
 from molgen.cli import app
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import shared_file
+
 from molgen.data import (
     QM9_CSV_URL,
     QM9_ROWS,

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import shared_file
 from rdkit import Chem
 
-from conftest import shared_file
 from molgen.chemistry import canonical_smiles, parse_smiles
 from molgen.decode import decode_raw
 from molgen.tokenizer import (
@@ -94,7 +94,7 @@ def test_collate_pads_and_masks(vocab):
     batch = collate(tokens, vocab.max_atoms)
     assert batch.atoms.shape == (3, 9) and batch.bonds.shape == (3, 9, 9)
     assert batch.sizes.tolist() == [1, 3, 4]
-    x, e = batch.one_hot(vocab)
+    x, e = batch.one_hot(vocab.num_atom_types)
     assert x.shape == (3, 9, vocab.num_atom_types) and e.shape == (3, 9, 9, 4)
     assert torch.all(x.sum(-1) == batch.mask.float())
     assert torch.all(e.sum(-1) == pair_mask_of(batch.mask).float())

@@ -1,0 +1,158 @@
+"""Training losses of the DiScoFormer, one batch at a time.
+
+  * score: cross-entropy of the clean one-hots under p(z_0 | z_t) (continuous diffusion for
+    categorical data, Dieleman et al. 2022), which is denoising score matching at its optimum; the
+    DSM loss itself is reported too;
+  * nll: the density head at the clean end regressed onto the per-molecule one-sample ELBO estimates
+    this same batch produces (stop-gradient): unbiased targets, so D learns their expectation;
+  * consistency: ``||grad_z D(z_t, t) - sg(score(z_t, t))||^2 * sigma_t^2`` along the noise path, so
+    that D is an energy whose gradient is the score.
+
+The noisy and the clean pass share one forward call (the batch is concatenated with itself).
+Every term is a mean over molecules of a per-molecule sum, divided by the maximum atom count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from molgen.likelihood import constant_terms, diffusion_term, upper_pair_mask
+from molgen.model import DiScoFormer, posterior_probs
+from molgen.noise import NoiseProcess, expand, q_sample, symmetric_noise, tweedie_score
+from molgen.tokenizer import GraphBatch, pair_mask_of
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    nll: float = 0.1
+    consistency: float = 0.01
+    self_conditioning_rate: float = 0.5  # share of batches that condition on a first estimate
+    consistency_fraction: float = 0.25  # share of each batch that pays for the double backward pass
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def training_losses(
+    model: DiScoFormer,
+    batch: GraphBatch,
+    dist: torch.Tensor,
+    noise: NoiseProcess,
+    size_log_probs: torch.Tensor,
+    weights: LossWeights,
+    generator: torch.Generator | None = None,
+    nll_scale: float = 10.0,
+) -> dict[str, torch.Tensor]:
+    """All loss terms of one batch. ``nll_scale`` (nats) normalises the density regression: the
+    trainer passes a running standard deviation of the ELBO targets, which are very noisy early on
+    and precise later, so the regression stays well scaled throughout while still learning the mean.
+    """
+    config = model.config
+    mask = batch.mask
+    size, n = mask.shape
+    device = mask.device
+    x_atoms, x_bonds = batch.one_hot(config.num_atom_types)
+    atom_mask, pair_mask = mask.float(), upper_pair_mask(mask).float()
+    full_pair_mask = pair_mask_of(mask)[..., None].float()
+
+    # Stratified times: one per stratum of [0, 1] lowers the variance of every batch average.
+    t = (torch.arange(size, device=device) + torch.rand(size, generator=generator, device=device)) / size
+    t = t[torch.randperm(size, generator=generator, device=device)]
+    eps_atoms = torch.randn(x_atoms.shape, generator=generator, device=device) * mask[..., None]
+    eps_bonds = symmetric_noise(x_bonds.shape, generator, device, x_bonds.dtype) * full_pair_mask
+    z_atoms = q_sample(x_atoms, t, noise.atoms, eps_atoms)
+    z_bonds = q_sample(x_bonds, t, noise.bonds, eps_bonds)
+
+    prev_atoms, prev_bonds = torch.zeros_like(x_atoms), torch.zeros_like(x_bonds)
+    use_self_cond = torch.rand((), generator=generator, device=device).item() < weights.self_conditioning_rate
+    if config.self_conditioning and use_self_cond:
+        with torch.no_grad():
+            first = model(z_atoms, z_bonds, mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist)
+            prev_atoms, prev_bonds = posterior_probs(first, mask)
+
+    # One forward call: the noisy batch, then the clean batch at t = 0 (self-conditioned on itself).
+    zeros = torch.zeros_like(t)
+    output = model(
+        torch.cat([z_atoms, x_atoms]),
+        torch.cat([z_bonds, x_bonds]),
+        torch.cat([mask, mask]),
+        torch.cat([noise.atoms.logsnr(t), noise.atoms.logsnr(zeros)]),
+        torch.cat([noise.bonds.logsnr(t), noise.bonds.logsnr(zeros)]),
+        torch.cat([dist, dist]),
+        (torch.cat([prev_atoms, x_atoms]), torch.cat([prev_bonds, x_bonds])),
+    )
+    atom_logits, bond_logits = output.atom_logits[:size], output.bond_logits[:size]
+    density_clean = output.density[size:]
+
+    atom_ce = F.cross_entropy(atom_logits.transpose(1, 2), batch.atoms, reduction="none") * atom_mask
+    bond_ce = F.cross_entropy(bond_logits.permute(0, 3, 1, 2), batch.bonds, reduction="none") * pair_mask
+    score_loss = (atom_ce.sum(1) + bond_ce.sum((1, 2))).mean() / n
+
+    atom_probs = atom_logits.softmax(-1) * mask[..., None]
+    bond_probs = bond_logits.softmax(-1) * full_pair_mask
+    with torch.no_grad():
+        nll_estimate = (
+            diffusion_term(x_atoms, atom_probs, t, noise.atoms, atom_mask)
+            + diffusion_term(x_bonds, bond_probs, t, noise.bonds, pair_mask)
+            + constant_terms(x_atoms, x_bonds, mask, noise, size_log_probs, generator)
+        )
+        dsm = _dsm(z_atoms, atom_probs, eps_atoms, t, noise, mask[..., None].float(), "atoms") + _dsm(
+            z_bonds, bond_probs, eps_bonds, t, noise, pair_mask[..., None], "bonds"
+        )
+    nll_loss = F.mse_loss(density_clean / nll_scale, -nll_estimate / nll_scale)
+
+    losses = {
+        "score": score_loss, "nll": nll_loss, "dsm": dsm.mean() / n,
+        "elbo": nll_estimate.mean(), "elbo_std": nll_estimate.std() if size > 1 else torch.zeros(()),
+    }
+    part = int(round(weights.consistency_fraction * size))
+    if weights.consistency > 0 and part > 0:
+        sub = slice(0, part)  # the batch is already in random order
+        losses["consistency"] = consistency_loss(
+            model, z_atoms[sub], z_bonds[sub], mask[sub], t[sub], dist[sub], noise,
+            (prev_atoms[sub], prev_bonds[sub]), (atom_probs[sub].detach(), bond_probs[sub].detach()),
+        )
+    else:
+        losses["consistency"] = torch.zeros((), device=device)
+    losses["total"] = score_loss + weights.nll * nll_loss + weights.consistency * losses["consistency"]
+    return losses
+
+
+def consistency_loss(
+    model: DiScoFormer,
+    z_atoms: torch.Tensor,
+    z_bonds: torch.Tensor,
+    mask: torch.Tensor,
+    t: torch.Tensor,
+    dist: torch.Tensor,
+    noise: NoiseProcess,
+    self_cond: tuple[torch.Tensor, torch.Tensor],
+    x0_hat: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """``||grad_z D - sg(score)||^2 * sigma_t^2``, per molecule summed, averaged, divided by N."""
+    n = mask.shape[1]
+    z_atoms = z_atoms.detach().requires_grad_(True)
+    z_bonds = z_bonds.detach().requires_grad_(True)
+    output = model(z_atoms, z_bonds, mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist, self_cond)
+    grad_atoms, grad_bonds = torch.autograd.grad(output.density.sum(), (z_atoms, z_bonds), create_graph=True)
+    # A pair is one variable that the model sees twice: its gradient is the sum of both entries.
+    grad_bonds = grad_bonds + grad_bonds.transpose(1, 2)
+    score_atoms = tweedie_score(z_atoms.detach(), x0_hat[0], t, noise.atoms)
+    score_bonds = tweedie_score(z_bonds.detach(), x0_hat[1], t, noise.bonds)
+    _, sigma_atoms = noise.atoms.alpha_sigma(t)
+    _, sigma_bonds = noise.bonds.alpha_sigma(t)
+    atom_mask, pair_mask = mask.float(), upper_pair_mask(mask).float()
+    mismatch_atoms = (((grad_atoms - score_atoms) ** 2).sum(-1) * atom_mask).sum(1) * sigma_atoms**2
+    mismatch_bonds = (((grad_bonds - score_bonds) ** 2).sum(-1) * pair_mask).sum((1, 2)) * sigma_bonds**2
+    return (mismatch_atoms + mismatch_bonds).mean() / n
+
+
+def _dsm(z, probs, eps, t, noise: NoiseProcess, mask, part: str) -> torch.Tensor:
+    """Per-molecule ||sigma_t * score + eps||^2: denoising score matching, for the log."""
+    schedule = getattr(noise, part)
+    _, sigma = schedule.alpha_sigma(t)
+    scaled_score = tweedie_score(z.detach(), probs, t, schedule) * expand(sigma, z)
+    return (((scaled_score + eps) ** 2) * mask).flatten(1).sum(1)

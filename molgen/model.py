@@ -1,0 +1,240 @@
+"""The DiScoFormer: one graph-aware Transformer backbone, a score head and a density head.
+
+Tokens are ``[DIST] [CLS] atom_1 .. atom_N``. Atom tokens embed their noisy atom-type channels; pair
+features embed the noisy bond channels, bias every attention head (Graphormer) and are updated each
+layer from the two token states (DiGress). The noise level enters through Fourier features of the
+log-SNR and adaptive layer norm. With self-conditioning the previous estimate of the clean molecule
+is fed back as extra channels, together with per-atom valence features computed from it.
+
+Heads:
+  * score head: per-atom logits over atom types and per-pair logits over bond types (symmetric); their
+    softmax is p(z_0 | z_t), whose mean gives the score by Tweedie's formula (``noise.tweedie_score``);
+  * density head: an MLP on the final ``[CLS]`` state, a scalar D(z, t, dist) in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from molgen.noise import NoiseProcess
+from molgen.tokenizer import pair_mask_of
+
+
+@dataclass
+class DiScoConfig:
+    num_atom_types: int
+    max_atoms: int
+    atom_valences: tuple[int, ...]  # allowed valence per atom type, for the valence features
+    num_bond_types: int = 4
+    num_distributions: int = 1  # learned [DIST] embeddings; index num_distributions is the null one
+    d_model: int = 128
+    d_pair: int = 32
+    n_layers: int = 4
+    n_heads: int = 8
+    d_ff: int = 256
+    fourier_features: int = 16
+    self_conditioning: bool = True
+    density_scale: float = 10.0  # the density head's raw output times this is nats
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["atom_valences"] = list(self.atom_valences)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DiScoConfig":
+        data = dict(data)
+        data["atom_valences"] = tuple(data["atom_valences"])
+        return cls(**data)
+
+
+class ModelOutput(NamedTuple):
+    atom_logits: torch.Tensor  # (B, N, A)
+    bond_logits: torch.Tensor  # (B, N, N, 4), symmetric
+    density: torch.Tensor  # (B,) D(z, t, dist) in nats
+
+
+def valence_features(atom_probs: torch.Tensor, bond_probs: torch.Tensor, valences: torch.Tensor) -> torch.Tensor:
+    """Expected valence and expected free valence (allowed minus used) per atom, scaled to ~[-1, 1]."""
+    orders = torch.arange(bond_probs.shape[-1], dtype=bond_probs.dtype, device=bond_probs.device)
+    used = (bond_probs * orders).sum(dim=(-1, -2))  # (B, N)
+    allowed = atom_probs @ valences.to(atom_probs.dtype)
+    return torch.stack([used / 4.0, (allowed - used) / 4.0], dim=-1)
+
+
+class FourierEmbedding(nn.Module):
+    def __init__(self, features: int, out: int):
+        super().__init__()
+        self.register_buffer("frequencies", 2.0 ** torch.arange(features) * math.pi / 20.0, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(4 * features, out), nn.SiLU(), nn.Linear(out, out))
+
+    def forward(self, logsnr_atoms: torch.Tensor, logsnr_bonds: torch.Tensor) -> torch.Tensor:
+        angles = torch.cat([logsnr_atoms[:, None], logsnr_bonds[:, None]], dim=1)[:, :, None] * self.frequencies
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block with pair-biased attention, adaLN, and a pair-feature update."""
+
+    def __init__(self, config: DiScoConfig):
+        super().__init__()
+        d, heads = config.d_model, config.n_heads
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.modulation = nn.Linear(d, 4 * d)  # shift/scale for both norms, from the noise embedding
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.pair_bias = nn.Linear(config.d_pair, heads)
+        self.pair_to_atom = nn.Linear(config.d_pair, d)
+        self.ff = nn.Sequential(nn.Linear(d, config.d_ff), nn.GELU(), nn.Linear(config.d_ff, d))
+        self.pair_norm = nn.LayerNorm(config.d_pair)
+        self.pair_left = nn.Linear(d, config.d_pair)
+        self.pair_right = nn.Linear(d, config.d_pair)
+        self.pair_ff = nn.Sequential(
+            nn.Linear(config.d_pair, 2 * config.d_pair), nn.GELU(), nn.Linear(2 * config.d_pair, config.d_pair)
+        )
+
+    def forward(self, h, pairs, key_mask, pair_mask, time):
+        """h (B, T, d) with T = 2 + N; pairs (B, N, N, dp); key_mask (B, T); pair_mask (B, N, N, 1)."""
+        batch, tokens, d = h.shape
+        pairs.shape[1]
+        shift1, scale1, shift2, scale2 = self.modulation(time)[:, None, :].chunk(4, dim=-1)
+
+        x = self.norm1(h) * (1 + scale1) + shift1
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        bias = torch.zeros(batch, self.heads, tokens, tokens, dtype=h.dtype, device=h.device)
+        bias[:, :, 2:, 2:] = self.pair_bias(pairs).permute(0, 3, 1, 2)
+        bias = bias.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        h = h + self.out(attended.transpose(1, 2).reshape(batch, tokens, d))
+        # Atoms also read their bonds directly: the mean of their pair features.
+        degree = pair_mask.sum(dim=2).clamp(min=1.0)
+        h = h + F.pad(self.pair_to_atom((pairs * pair_mask).sum(dim=2) / degree), (0, 0, 2, 0))
+
+        x = self.norm2(h) * (1 + scale2) + shift2
+        h = h + self.ff(x)
+
+        atoms = h[:, 2:]
+        left, right = self.pair_left(atoms), self.pair_right(atoms)
+        outer = left[:, :, None] * right[:, None, :]
+        pairs = pairs + 0.5 * (outer + outer.transpose(1, 2))
+        pairs = pairs + self.pair_ff(self.pair_norm(pairs))
+        return h, pairs * pair_mask
+
+
+class DiScoFormer(nn.Module):
+    def __init__(self, config: DiScoConfig):
+        super().__init__()
+        self.config = config
+        d, dp = config.d_model, config.d_pair
+        a, b = config.num_atom_types, config.num_bond_types
+        extra_atom = (a + 2) if config.self_conditioning else 0
+        extra_bond = b if config.self_conditioning else 0
+        self.register_buffer("valences", torch.tensor(config.atom_valences, dtype=torch.float32), persistent=False)
+        self.atom_in = nn.Linear(a + extra_atom, d)
+        self.bond_in = nn.Linear(b + extra_bond, dp)
+        self.position = nn.Parameter(torch.zeros(config.max_atoms, d))
+        nn.init.normal_(self.position, std=0.02)
+        self.dist = nn.Embedding(config.num_distributions + 1, d)
+        self.cls = nn.Parameter(torch.zeros(d))
+        self.time = FourierEmbedding(config.fourier_features, d)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(d)
+        self.atom_head = nn.Linear(d, a)
+        self.bond_left = nn.Linear(d, dp)
+        self.bond_right = nn.Linear(d, dp)
+        self.bond_head = nn.Sequential(nn.LayerNorm(dp), nn.Linear(dp, dp), nn.GELU(), nn.Linear(dp, b))
+        self.density_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
+
+    @property
+    def null_distribution(self) -> int:
+        return self.config.num_distributions
+
+    def forward(
+        self,
+        z_atoms: torch.Tensor,
+        z_bonds: torch.Tensor,
+        mask: torch.Tensor,
+        logsnr_atoms: torch.Tensor,
+        logsnr_bonds: torch.Tensor,
+        dist: torch.Tensor,
+        self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> ModelOutput:
+        """z_atoms (B, N, A), z_bonds (B, N, N, 4), mask (B, N), log-SNRs (B,), dist (B,) long.
+
+        ``self_cond`` is the previous estimate (atom probabilities, bond probabilities) of the clean
+        molecule, or None (zeros) when there is none yet.
+        """
+        batch, n, _ = z_atoms.shape
+        pair_mask = pair_mask_of(mask)[..., None].to(z_atoms.dtype)
+        atom_mask = mask[..., None].to(z_atoms.dtype)
+        atom_inputs, bond_inputs = [z_atoms], [z_bonds]
+        if self.config.self_conditioning:
+            if self_cond is None:
+                prev_atoms, prev_bonds = torch.zeros_like(z_atoms), torch.zeros_like(z_bonds)
+            else:
+                prev_atoms, prev_bonds = self_cond[0] * atom_mask, self_cond[1] * pair_mask
+            atom_inputs += [prev_atoms, valence_features(prev_atoms, prev_bonds, self.valences)]
+            bond_inputs.append(prev_bonds)
+        atoms = self.atom_in(torch.cat(atom_inputs, dim=-1)) + self.position[:n]
+        pairs = self.bond_in(torch.cat(bond_inputs, dim=-1)) * pair_mask
+
+        time = self.time(logsnr_atoms, logsnr_bonds)
+        special = torch.stack([self.dist(dist), self.cls.expand(batch, -1)], dim=1)
+        h = torch.cat([special, atoms], dim=1) + time[:, None, :]
+        key_mask = torch.cat([torch.ones(batch, 2, dtype=torch.bool, device=mask.device), mask], dim=1)
+        for block in self.blocks:
+            h, pairs = block(h, pairs, key_mask, pair_mask, time)
+        h = self.final_norm(h)
+
+        atom_states = h[:, 2:]
+        atom_logits = self.atom_head(atom_states)
+        outer = self.bond_left(atom_states)[:, :, None] * self.bond_right(atom_states)[:, None, :]
+        bond_logits = self.bond_head(pairs + outer)
+        bond_logits = 0.5 * (bond_logits + bond_logits.transpose(1, 2))
+        density = self.density_head(h[:, 1]).squeeze(-1) * self.config.density_scale
+        return ModelOutput(atom_logits, bond_logits, density)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def posterior_probs(output: ModelOutput, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p(z_0 | z_t) as probabilities, zero outside real atoms and pairs: the model's x0 estimate."""
+    atom_probs = output.atom_logits.softmax(-1) * mask[..., None]
+    bond_probs = output.bond_logits.softmax(-1) * pair_mask_of(mask)[..., None]
+    return atom_probs, bond_probs
+
+
+def denoise(
+    model: DiScoFormer,
+    z_atoms: torch.Tensor,
+    z_bonds: torch.Tensor,
+    mask: torch.Tensor,
+    t: torch.Tensor,
+    dist: torch.Tensor,
+    noise: NoiseProcess,
+    self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[ModelOutput, torch.Tensor, torch.Tensor]:
+    """The model's output and x0 estimate at (z_t, t).
+
+    A self-conditioned model without a previous estimate first predicts one (no gradient) and then
+    conditions on it, as training does half of the time.
+    """
+    logsnr_atoms, logsnr_bonds = noise.atoms.logsnr(t), noise.bonds.logsnr(t)
+    if model.config.self_conditioning and self_cond is None:
+        with torch.no_grad():
+            first = model(z_atoms, z_bonds, mask, logsnr_atoms, logsnr_bonds, dist)
+            self_cond = posterior_probs(first, mask)
+    output = model(z_atoms, z_bonds, mask, logsnr_atoms, logsnr_bonds, dist, self_cond)
+    atom_probs, bond_probs = posterior_probs(output, mask)
+    return output, atom_probs, bond_probs

@@ -1,0 +1,334 @@
+"""Training the DiScoFormer: mixed batches from one or more distributions, AdamW with warm-up and
+cosine decay, gradient clipping, EMA weights, validation ELBO per epoch, atomic checkpoints every
+few minutes, and a resume that continues bit-for-bit (same data order, same noise draws).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from molgen.checkpoint import read_checkpoint, save_checkpoint
+from molgen.data import PreparedDataset
+from molgen.likelihood import elbo, log_density
+from molgen.losses import LossWeights, training_losses
+from molgen.model import DiScoConfig, DiScoFormer
+from molgen.noise import LogSNRSchedule, NoiseProcess
+from molgen.tokenizer import GraphBatch, Vocabulary, batch_from_arrays
+
+CALIBRATION_QUANTILES = 101  # D at the 0th, 1st, ..., 100th percentile of held-out molecules
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    device: str = "cpu"
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much training time
+    checkpoint_minutes: float = 5.0
+    val_molecules: int = 1000
+    val_samples: int = 8
+    null_distribution_rate: float = 0.1
+    model: dict = field(default_factory=lambda: {"d_model": 128, "d_pair": 32, "n_layers": 4, "n_heads": 8, "d_ff": 256})
+    loss: dict = field(default_factory=lambda: LossWeights().to_dict())
+    noise: dict = field(default_factory=lambda: NoiseProcess().to_dict())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainingData:
+    """Several prepared datasets on one vocabulary, each molecule tagged with its distribution id."""
+
+    vocab: Vocabulary
+    names: list[str]
+    atoms: np.ndarray
+    bonds: np.ndarray
+    sizes: np.ndarray
+    dist: np.ndarray
+    split: np.ndarray
+    fingerprints: list[str]
+
+    @classmethod
+    def combine(cls, datasets: list[PreparedDataset], names: list[str]) -> "TrainingData":
+        """Union vocabulary (first dataset's order first), atom ids remapped, padded to the largest N."""
+        atom_types: list = []
+        for dataset in datasets:
+            atom_types += [key for key in dataset.vocab.atom_types if key not in atom_types]
+        n = max(d.vocab.max_atoms for d in datasets)
+        vocab = Vocabulary(tuple(atom_types), n)
+        parts = {"atoms": [], "bonds": [], "sizes": [], "dist": [], "split": []}
+        for index, dataset in enumerate(datasets):
+            remap = np.array([vocab.index(key) for key in dataset.vocab.atom_types], dtype=np.int8)
+            k = dataset.vocab.max_atoms
+            atoms = np.zeros((len(dataset), n), dtype=np.int8)
+            atoms[:, :k] = remap[dataset.atoms]
+            bonds = np.zeros((len(dataset), n, n), dtype=np.int8)
+            bonds[:, :k, :k] = dataset.bonds
+            parts["atoms"].append(atoms)
+            parts["bonds"].append(bonds)
+            parts["sizes"].append(dataset.sizes)
+            parts["dist"].append(np.full(len(dataset), index, dtype=np.int64))
+            parts["split"].append(dataset.split)
+        arrays = {key: np.concatenate(value) for key, value in parts.items()}
+        return cls(vocab, names, fingerprints=[d.fingerprint for d in datasets], **arrays)
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == ("train", "val", "test").index(split))
+
+    def batch(self, indices: np.ndarray) -> tuple[GraphBatch, torch.Tensor]:
+        batch = batch_from_arrays(self.atoms[indices], self.bonds[indices], self.sizes[indices])
+        return batch, torch.from_numpy(self.dist[indices])
+
+    def size_distributions(self) -> list[list[float]]:
+        """p(n) on the training split for each distribution, then for all of them (the null one)."""
+        train = self.indices("train")
+        groups = [train[self.dist[train] == d] for d in range(len(self.names))] + [train]
+        out = []
+        for rows in groups:
+            counts = np.bincount(self.sizes[rows], minlength=self.vocab.max_atoms + 1).astype(np.float64)
+            out.append((counts / max(counts.sum(), 1.0)).tolist())
+        return out
+
+
+def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to 1% of the peak over the remaining steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, data: TrainingData, out_dir: str | Path):
+        self.config = config
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        model_config = DiScoConfig(
+            num_atom_types=data.vocab.num_atom_types,
+            max_atoms=data.vocab.max_atoms,
+            atom_valences=tuple(int(v) for v in data.vocab.max_valences),
+            num_distributions=len(data.names),
+            **config.model,
+        )
+        self.model = DiScoFormer(model_config).to(self.device)
+        self.ema = DiScoFormer(model_config).to(self.device)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.ema.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99)
+        )
+        self.noise = NoiseProcess.from_dict(config.noise)
+        self.weights = LossWeights(**config.loss)
+        self.size_distributions = data.size_distributions()
+        # -log p(n) of each molecule's own distribution; the null token uses the pooled p(n).
+        self.size_log_probs = torch.log(torch.tensor(self.size_distributions, dtype=torch.float32) + 1e-12).to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.train_rows = data.indices("train")
+        self.steps_per_epoch = max(1, len(self.train_rows) // config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.step = 0
+        self.nll_scale = 1.0e4  # running std of the ELBO targets (nats); starts wide
+        self.elapsed = 0.0
+        self.metrics: dict = {}
+        self.calibration: dict = {}
+        self.stop_requested = False
+        val_rows = data.indices("val")
+        if len(val_rows) == 0:
+            val_rows = data.indices("test")
+        chooser = np.random.default_rng(config.seed)
+        self.val_rows = np.sort(chooser.permutation(val_rows)[: config.val_molecules])
+
+    # --- checkpoints -------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def save(self) -> None:
+        save_checkpoint(
+            {
+                "model_config": self.model.config.to_dict(),
+                "vocab": self.data.vocab.to_dict(),
+                "noise": self.noise.to_dict(),
+                "distributions": list(self.data.names),
+                "size_distributions": self.size_distributions,
+                "calibration": self.calibration,
+                "metrics": self.metrics,
+                "meta": {
+                    "train_config": self.config.to_dict(),
+                    "data_fingerprints": self.data.fingerprints,
+                    "parameters": self.model.num_parameters(),
+                    "training_seconds": self.elapsed,
+                    "step": self.step,
+                    "epochs_done": self.step / self.steps_per_epoch,
+                },
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "trainer": {"step": self.step, "nll_scale": self.nll_scale, "elapsed": self.elapsed},
+                "generator": self.generator.get_state(),
+            },
+            self.checkpoint_path,
+        )
+
+    def resume(self) -> None:
+        payload = read_checkpoint(self.checkpoint_path)
+        if payload["meta"]["data_fingerprints"] != self.data.fingerprints:
+            raise ValueError("the checkpoint was trained on other data (fingerprints differ): cannot resume")
+        self.model.load_state_dict(payload["model"])
+        self.ema.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.generator.set_state(payload["generator"])
+        self.step = int(payload["trainer"]["step"])
+        self.nll_scale = float(payload["trainer"]["nll_scale"])
+        self.elapsed = float(payload["trainer"]["elapsed"])
+        self.metrics = payload["metrics"]
+        self.calibration = payload["calibration"]
+
+    # --- training ----------------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        return self.train_rows[torch.randperm(len(self.train_rows), generator=generator).numpy()]
+
+    def train_step(self, rows: np.ndarray) -> dict[str, float]:
+        batch, dist = self.data.batch(rows)
+        batch, dist = batch.to(self.device), dist.to(self.device)
+        drop = torch.rand(dist.shape, generator=self.generator, device=self.device) < self.config.null_distribution_rate
+        dist = torch.where(drop, torch.full_like(dist, self.model.null_distribution), dist)
+        lr = learning_rate(self.step, self.config, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        losses = training_losses(
+            self.model, batch, dist, self.noise, self.size_log_probs[dist], self.weights, self.generator, self.nll_scale
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for ema_param, param in zip(self.ema.parameters(), self.model.parameters()):
+                ema_param.lerp_(param, 1.0 - decay)
+        self.nll_scale = 0.99 * self.nll_scale + 0.01 * max(float(losses["elbo_std"]), 1.0)
+        self.step += 1
+        out = {name: float(value.detach()) for name, value in losses.items()}
+        out.update(lr=lr, grad_norm=float(grad_norm))
+        return out
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation ELBO and Spearman(D, -ELBO) of the EMA model on a fixed held-out subset, and the
+        density calibration quantiles per distribution."""
+        self.ema.eval()
+        generator = torch.Generator(device=self.device).manual_seed(12345)
+        estimates, errors, densities, dists = [], [], [], []
+        for start in range(0, len(self.val_rows), 500):
+            batch, dist = self.data.batch(self.val_rows[start : start + 500])
+            batch, dist = batch.to(self.device), dist.to(self.device)
+            estimate, stderr = elbo(
+                self.ema, batch, dist, self.noise, self.size_log_probs[dist], self.config.val_samples, generator
+            )
+            estimates.append(estimate.cpu())
+            errors.append(stderr.cpu())
+            densities.append(log_density(self.ema, batch, dist, self.noise).cpu())
+            dists.append(dist.cpu())
+        estimate, stderr = torch.cat(estimates).numpy(), torch.cat(errors).numpy()
+        density, dist = torch.cat(densities).numpy(), torch.cat(dists).numpy()
+        levels = np.linspace(0, 1, CALIBRATION_QUANTILES)
+        self.calibration = {
+            name: np.quantile(density[dist == index], levels).tolist()
+            for index, name in enumerate(self.data.names)
+            if (dist == index).any()
+        }
+        return {
+            "val_elbo_nats": float(estimate.mean()),
+            "val_elbo_stderr": float(np.sqrt((stderr**2).sum()) / len(stderr)),
+            "val_molecules": int(len(estimate)),
+            "spearman_density_elbo": spearman(density, -estimate),
+            "val_density_mean": float(density.mean()),
+        }
+
+    def request_stop(self, *_) -> None:
+        self.stop_requested = True
+
+    def fit(self, on_step: Callable[[dict], None] | None = None, on_epoch: Callable[[dict], None] | None = None) -> dict:
+        """Train until ``epochs`` are done, ``max_minutes`` pass, or a stop is requested (Ctrl-C);
+        always leaves a checkpoint. Returns the last metrics."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        previous_handler = signal.signal(signal.SIGINT, self.request_stop)
+        last_save = time.perf_counter()
+        budget = self.config.max_minutes * 60 if self.config.max_minutes else math.inf
+        session_start, session_elapsed_start = time.perf_counter(), self.elapsed
+        try:
+            while self.step < self.total_steps and not self.stop_requested:
+                epoch, position = divmod(self.step, self.steps_per_epoch)
+                order = self.epoch_order(epoch)
+                running: dict[str, list[float]] = {}
+                epoch_start = time.perf_counter()
+                for index in range(position, self.steps_per_epoch):
+                    rows = order[index * self.config.batch_size : (index + 1) * self.config.batch_size]
+                    values = self.train_step(rows)
+                    self.elapsed = session_elapsed_start + time.perf_counter() - session_start
+                    for name, value in values.items():
+                        running.setdefault(name, []).append(value)
+                    if on_step:
+                        on_step({"step": self.step, "epoch": epoch, **values})
+                    if self.stop_requested or self.elapsed - session_elapsed_start >= budget:
+                        self.stop_requested = True
+                        break
+                    if time.perf_counter() - last_save >= self.config.checkpoint_minutes * 60:
+                        self.save()
+                        last_save = time.perf_counter()
+                if self.stop_requested and self.step % self.steps_per_epoch:
+                    break  # an interrupted epoch: no validation, the checkpoint below resumes it
+                seconds = time.perf_counter() - epoch_start
+                record = {
+                    "epoch": epoch + 1,
+                    "step": self.step,
+                    **{f"train_{name}": float(np.mean(values)) for name, values in running.items()},
+                    "molecules_per_second": len(running.get("total", [])) * self.config.batch_size / seconds,
+                    "elapsed_seconds": self.elapsed,
+                    **self.validate(),
+                }
+                self.metrics = record
+                with open(self.out_dir / "metrics.jsonl", "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if on_epoch:
+                    on_epoch(record)
+                self.save()
+                last_save = time.perf_counter()
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+        self.save()
+        return self.metrics
+
+
+def noise_config(logsnr_max: float, logsnr_min: float, bond_shift: float = 0.0) -> dict:
+    """Noise schedules as plain values; ``bond_shift`` moves the bond schedule's log-SNR up (bonds
+    are then destroyed later than atoms)."""
+    return NoiseProcess(
+        LogSNRSchedule(logsnr_max, logsnr_min), LogSNRSchedule(logsnr_max + bond_shift, logsnr_min + bond_shift)
+    ).to_dict()

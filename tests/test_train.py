@@ -1,0 +1,130 @@
+import json
+
+import pandas as pd
+import torch
+from conftest import shared_file
+from typer.testing import CliRunner
+
+from molgen.checkpoint import load_model
+from molgen.cli import app
+from molgen.data import prepare_dataset
+from molgen.likelihood import elbo
+from molgen.losses import LossWeights, consistency_loss, training_losses
+from molgen.model import posterior_probs
+from molgen.noise import q_sample, symmetric_noise
+from molgen.train import TrainConfig, Trainer, TrainingData
+
+TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
+
+
+def qm9_subset(tmp_path, rows: int, val_fraction: float = 0.0):
+    smiles = pd.read_csv(shared_file("qm9.csv"))["smiles"].iloc[1000 : 1000 + rows]
+    path = tmp_path / f"qm9_{rows}.csv"
+    smiles.to_frame().to_csv(path, index=False)
+    dataset, _ = prepare_dataset(path, val_fraction=val_fraction, use_cache=False)
+    return TrainingData.combine([dataset], ["qm9"])
+
+
+def fixed_elbo(trainer, data):
+    rows = data.indices("train")
+    batch, dist = data.batch(rows)
+    estimate, _ = elbo(trainer.ema, batch, dist, trainer.noise, trainer.size_log_probs[dist], 16,
+                       torch.Generator().manual_seed(0))
+    return estimate.mean().item()
+
+
+def test_tiny_model_overfits_64_qm9_molecules(tmp_path):
+    data = qm9_subset(tmp_path, 64)
+    config = TrainConfig(epochs=150, batch_size=32, lr=3e-3, warmup_steps=20, ema_decay=0.9, model=TINY,
+                         val_molecules=8, null_distribution_rate=0.0)
+    trainer = Trainer(config, data, tmp_path / "run")
+    before = fixed_elbo(trainer, data)
+    scores = []
+    for epoch in range(config.epochs):
+        order = trainer.epoch_order(epoch)
+        for index in range(trainer.steps_per_epoch):
+            scores.append(trainer.train_step(order[index * 32 : (index + 1) * 32])["score"])
+    after = fixed_elbo(trainer, data)
+    first, last = sum(scores[:10]) / 10, sum(scores[-10:]) / 10
+    assert last < 0.35 * first, (first, last)
+    assert after < before - 100, (before, after)  # nats per molecule
+
+
+def test_consistency_loss_falls_when_trained(tmp_path):
+    data = qm9_subset(tmp_path, 64)
+    config = TrainConfig(epochs=60, batch_size=32, lr=3e-3, warmup_steps=10, model=TINY,
+                         loss={**LossWeights().to_dict(), "nll": 0.0, "consistency": 1.0, "consistency_fraction": 1.0})
+    trainer = Trainer(config, data, tmp_path / "run")
+    batch, dist = data.batch(data.indices("train"))
+    generator = torch.Generator().manual_seed(3)
+    t = torch.rand(len(dist), generator=generator) * 0.8 + 0.1
+    x_atoms, x_bonds = batch.one_hot(data.vocab.num_atom_types)
+    z_atoms = q_sample(x_atoms, t, trainer.noise.atoms, torch.randn(x_atoms.shape, generator=generator))
+    z_bonds = q_sample(x_bonds, t, trainer.noise.bonds, symmetric_noise(x_bonds.shape, generator, "cpu", torch.float32))
+
+    def measure():
+        model = trainer.model.eval()
+        with torch.no_grad():
+            output = model(z_atoms, z_bonds, batch.mask, trainer.noise.atoms.logsnr(t), trainer.noise.bonds.logsnr(t), dist)
+        x0_hat = posterior_probs(output, batch.mask)
+        zeros = (torch.zeros_like(x_atoms), torch.zeros_like(x_bonds))
+        return consistency_loss(model, z_atoms, z_bonds, batch.mask, t, dist, trainer.noise, zeros, x0_hat).item()
+
+    before = measure()
+    for epoch in range(config.epochs):
+        order = trainer.epoch_order(epoch)
+        for index in range(trainer.steps_per_epoch):
+            trainer.train_step(order[index * 32 : (index + 1) * 32])
+    assert measure() < 0.6 * before
+
+
+def test_resume_after_interruption_gives_the_same_parameters(tmp_path):
+    data = qm9_subset(tmp_path, 96, val_fraction=0.2)
+    config = TrainConfig(epochs=3, batch_size=16, warmup_steps=5, model=TINY, val_molecules=8, val_samples=2)
+
+    straight = Trainer(config, data, tmp_path / "straight")
+    straight.fit()
+
+    interrupted = Trainer(config, data, tmp_path / "interrupted")
+    interrupted.fit(on_step=lambda values: interrupted.request_stop() if values["step"] == 7 else None)
+    assert interrupted.step == 7  # stopped mid-epoch (4 steps per epoch), checkpoint written
+    resumed = Trainer(config, data, tmp_path / "interrupted")
+    resumed.resume()
+    assert resumed.step == 7
+    resumed.fit()
+    assert resumed.step == straight.step
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_training_losses_report_every_term(tmp_path):
+    data = qm9_subset(tmp_path, 16)
+    trainer = Trainer(TrainConfig(model=TINY), data, tmp_path / "run")
+    batch, dist = data.batch(data.indices("train"))
+    losses = training_losses(trainer.model, batch, dist, trainer.noise, trainer.size_log_probs[dist],
+                             trainer.weights, torch.Generator().manual_seed(0))
+    assert set(losses) == {"score", "nll", "dsm", "elbo", "elbo_std", "consistency", "total"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    assert all(p.grad is not None for p in trainer.model.density_head.parameters())
+
+
+def test_train_cli_end_to_end(tmp_path):
+    source = tmp_path / "mols.csv"
+    pd.read_csv(shared_file("qm9.csv")).iloc[:300].to_csv(source, index=False)
+    out = tmp_path / "run"
+    args = ["train", str(source), "-o", str(out), "--epochs", "2", "--batch-size", "64", "--d-model", "16",
+            "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "10"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "epoch 2:" in result.output and "finished at step" in result.output
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("train_score", "train_nll", "train_consistency", "train_dsm", "val_elbo_nats", "spearman_density_elbo"):
+        assert key in records[-1]
+    loaded = load_model(out / "checkpoint.pt")
+    assert loaded.distributions == ["mols"] and len(loaded.calibration["mols"]) == 101
+    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--device", "cuda:7"])
+    assert bad.exit_code == 2 and "CUDA is not available" in bad.output
