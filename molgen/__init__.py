@@ -1,3 +1,17 @@
 """molgen: a molecular design toolkit built around one DiScoFormer (score + density heads)."""
 
 __version__ = "0.1.0"
+
+
+def load(path=None, device: str = "cpu"):
+    """The bundled pretrained QM9 model, or the checkpoint at ``path`` (see :mod:`molgen.api`)."""
+    from molgen.api import load as _load
+
+    return _load(path, device)
+
+
+def filter_frame(molecules, model=None, **options):
+    """Density filter plus RDKit checks on a DataFrame (see :func:`molgen.api.filter_frame`)."""
+    from molgen.api import filter_frame as _filter_frame
+
+    return _filter_frame(molecules, model, **options)

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from molgen.model import DiScoConfig, DiScoFormer
@@ -15,6 +16,10 @@ from molgen.noise import NoiseProcess
 from molgen.tokenizer import Vocabulary
 
 FORMAT = "molgen-discoformer-1"
+BUNDLED = Path(__file__).resolve().parent / "weights" / "qm9.pt"
+# What inference needs; the rest of a training checkpoint (optimizer, raw weights, RNG) is dropped.
+INFERENCE_KEYS = ("model_config", "vocab", "noise", "distributions", "size_distributions", "calibration",
+                  "metrics", "meta", "train_smiles_hashes")
 
 
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
@@ -51,13 +56,26 @@ class LoadedModel:
     calibration: dict  # distribution name -> density quantiles on held-out molecules
     metrics: dict
     meta: dict
+    train_hashes: np.ndarray | None  # sorted canonical-SMILES hashes of the training set
 
 
-def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torch.device = "cpu") -> LoadedModel:
-    """The model of a checkpoint, with its EMA weights by default, in eval mode on ``device``."""
-    payload = read_checkpoint(path)
+def export_inference(source: str | os.PathLike, target: str | os.PathLike, half: bool = False) -> dict:
+    """Write the inference part of a training checkpoint (EMA weights, optionally float16)."""
+    payload = read_checkpoint(source)
+    weights = {k: v.half() if half and v.is_floating_point() else v for k, v in payload["ema"].items()}
+    slim = {key: payload[key] for key in INFERENCE_KEYS if key in payload}
+    save_checkpoint({**slim, "ema": weights}, target)
+    return slim
+
+
+def load_model(
+    path: str | os.PathLike | None = None, weights: str = "ema", device: str | torch.device = "cpu"
+) -> LoadedModel:
+    """The model of a checkpoint (the bundled QM9 model when ``path`` is None), with its EMA weights
+    by default, as float32 in eval mode on ``device``."""
+    payload = read_checkpoint(BUNDLED if path is None else path)
     model = DiScoFormer(DiScoConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload[weights])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload[weights].items()})
     model.eval().to(device)
     return LoadedModel(
         model=model,
@@ -68,4 +86,5 @@ def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torc
         calibration=payload.get("calibration", {}),
         metrics=payload.get("metrics", {}),
         meta=payload.get("meta", {}),
+        train_hashes=payload["train_smiles_hashes"].numpy() if "train_smiles_hashes" in payload else None,
     )

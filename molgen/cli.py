@@ -15,15 +15,26 @@ from pathlib import Path
 from typing import List, Optional
 
 import pandas as pd
+import torch
 import typer
+from rdkit import Chem
+from rdkit.Chem import Draw
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from molgen import __version__
+from molgen.checkpoint import BUNDLED, export_inference, load_model
 from molgen.checks import RULES, CheckConfig, CheckSpecError, append_results, run_checks
 from molgen.data import locate_qm9, prepare_dataset
 from molgen.io import DEFAULT_CHUNK_SIZE, InputError, TableWriter, read_molecules
+from molgen.losses import LossWeights
+from molgen.pipeline import GenerateOptions
+from molgen.pipeline import generate as run_generate
+from molgen.sampler import SamplerSettings
+from molgen.scoring import Scorer
+from molgen.screen import FilterSpec, ScreenSummary, StrictFailure, screen_file
+from molgen.train import TrainConfig, Trainer, TrainingData, noise_config
 
 app = typer.Typer(
     help="molgen: generate, score and filter molecules with a DiScoFormer, checked by RDKit.",
@@ -216,9 +227,6 @@ def train(
     workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
 ) -> None:
     """Train a DiScoFormer (score + density heads) on one or more molecule sets."""
-    from molgen.losses import LossWeights
-    from molgen.train import TrainConfig, Trainer, TrainingData, noise_config
-
     if device.startswith("cuda") and not _cuda_available():
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
     if d_model % n_heads:
@@ -283,6 +291,240 @@ def train(
 
 
 def _cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available()
+
+
+@app.command()
+def generate(
+    n: int = typer.Option(1000, "-n", min=1, help="How many molecules to sample."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .csv/.tsv (optionally .gz) or .parquet."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (default: the bundled QM9 model)."),
+    seed: int = typer.Option(0, help="Same seed and options, same molecules (on CPU)."),
+    steps: int = typer.Option(100, min=2, help="Predictor steps."),
+    corrector_steps: int = typer.Option(0, min=0, help="Langevin corrector moves per step."),
+    snr: float = typer.Option(0.1, min=0.0, help="Target signal-to-noise ratio of the corrector."),
+    mala: bool = typer.Option(False, help="Metropolis-adjust the corrector with the density head."),
+    batch_size: int = typer.Option(500, min=1),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    distribution: Optional[str] = typer.Option(None, help="Training distribution to sample ('null' = generic)."),
+    num_atoms: Optional[int] = typer.Option(None, min=1, help="Fixed heavy-atom count (default: sampled)."),
+    min_percentile: float = typer.Option(
+        5.0, min=0.0, max=100.0, help="Reject samples whose density is below this percentile of held-out molecules."
+    ),
+    no_filter: bool = typer.Option(False, "--no-filter", help="Rank every unique sample; filters only reported."),
+    prop: List[str] = typer.Option([], "--prop", help="Property window, e.g. 'qed>=0.4' (repeatable)."),
+    rule: List[str] = typer.Option(["lipinski", "veber"], help=f"Rule sets: {', '.join(RULES)}."),
+    alerts: str = typer.Option("pains,brenk", help="Structural alert sets, comma-separated ('' for none)."),
+    sdf: Optional[Path] = typer.Option(None, help="Also write the ranked molecules to this SDF."),
+    grid: Optional[Path] = typer.Option(None, help="Also draw the top 16 ranked molecules to this PNG."),
+) -> None:
+    """Sample molecules with the score, filter them by density, check them with RDKit, rank them."""
+    if device.startswith("cuda") and not _cuda_available():
+        raise _fail(f"--device {device} requested but CUDA is not available", 2)
+    try:
+        checks = CheckConfig.from_strings(rule, [alerts] if alerts else [], prop)
+        writer = TableWriter(output)
+        loaded = load_model(checkpoint, device=device)
+    except (CheckSpecError, InputError, FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
+    options = GenerateOptions(
+        n=n, seed=seed, batch_size=batch_size, device=device, distribution=distribution, num_atoms=num_atoms,
+        sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala),
+        min_percentile=min_percentile, apply_filters=not no_filter, checks=checks,
+    )
+    started = time.perf_counter()
+    try:
+        with Progress(
+            SpinnerColumn(), TextColumn("sampling"), TextColumn("{task.completed:,.0f}/{task.total:,.0f} molecules"),
+            TimeElapsedColumn(), console=console, transient=True,
+        ) as progress:
+            task = progress.add_task("sample", total=n)
+            frame, stats = run_generate(loaded, options, lambda done: progress.update(task, completed=done))
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+    elapsed = time.perf_counter() - started
+    writer.write(frame)
+    writer.close()
+    if sdf is not None:
+        _write_sdf(frame, sdf)
+    if grid is not None:
+        _draw_grid(frame, grid)
+
+    out = Console()
+    out.print(f"molgen generate: {n} samples -> {output}", highlight=False, soft_wrap=True)
+    table = Table()
+    table.add_column("")
+    table.add_column("molecules", justify="right")
+    table.add_column("share", justify="right")
+    for label, key in [("proposed", "proposed"), ("valid without correction", "raw_valid"), ("unique", "unique"),
+                       ("novel", "novel"), ("passed density", "passed_density"), ("passed checks", "passed_checks")]:
+        value = stats.get(key)
+        table.add_row(label, "n/a" if value is None else f"{value:,}",
+                      "" if value is None else f"{100 * value / max(stats['proposed'], 1):.1f}%")
+    if stats.get("acceptance_rate") is not None:
+        table.add_row("MALA acceptance", "", f"{100 * stats['acceptance_rate']:.1f}%")
+    table.add_row("time", f"{elapsed:.1f} s", f"{n / elapsed:,.1f} mol/s")
+    out.print(table)
+
+
+def _write_sdf(frame: pd.DataFrame, path: Path) -> None:
+    writer = Chem.SDWriter(str(path))
+    for row in frame[frame["rank"].notna()].itertuples():
+        mol = Chem.MolFromSmiles(row.smiles)
+        mol.SetProp("_Name", f"rank {row.rank}")
+        for column in ("log_density", "density_percentile", "qed", "sa_score", "failed_checks"):
+            mol.SetProp(column, str(getattr(row, column)))
+        writer.write(mol)
+    writer.close()
+
+
+def _draw_grid(frame: pd.DataFrame, path: Path) -> None:
+    top = frame[frame["rank"].notna()].head(16)
+    mols = [Chem.MolFromSmiles(s) for s in top["smiles"]]
+    legends = [f"#{r} logP {d:.1f}" for r, d in zip(top["rank"], top["log_density"])]
+    image = Draw.MolsToGridImage(mols, molsPerRow=4, subImgSize=(250, 200), legends=legends)
+    image.save(str(path))
+
+
+@app.command()
+def info(
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (default: the bundled QM9 model)."),
+) -> None:
+    """Print a checkpoint's card: data, size, training, metrics."""
+    try:
+        loaded = load_model(checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
+    meta, metrics = loaded.meta, loaded.metrics
+    model_config = loaded.model.config
+    table = Table(title=f"molgen checkpoint {checkpoint or BUNDLED.name}", show_header=False)
+    table.add_column("")
+    table.add_column("")
+    rows = [
+        ("distributions", ", ".join(loaded.distributions)),
+        ("vocabulary", f"{', '.join(loaded.vocab.labels)}; up to {loaded.vocab.max_atoms} heavy atoms"),
+        ("parameters", f"{meta.get('parameters', loaded.model.num_parameters()):,}"),
+        ("architecture", f"{model_config.n_layers} layers, d_model {model_config.d_model}, d_pair "
+                         f"{model_config.d_pair}, self-conditioning {model_config.self_conditioning}"),
+        ("data fingerprints", ", ".join(meta.get("data_fingerprints", []))),
+        ("training", f"{meta.get('training_seconds', 0) / 60:.0f} min, {meta.get('epochs_done', 0):.1f} epochs, "
+                     f"step {meta.get('step', 0):,}"),
+        ("training set hashes", "yes (novelty)" if loaded.train_hashes is not None else "no"),
+    ]
+    for key in ("val_elbo_nats", "val_elbo_stderr", "spearman_density_elbo", "val_molecules"):
+        if key in metrics:
+            value = metrics[key]
+            rows.append((key, f"{value:.3f}" if isinstance(value, float) else str(value)))
+    for label, value in rows:
+        table.add_row(label, value)
+    Console().print(table)
+
+
+def _screen(
+    input: Path, output: Path, checkpoint: Optional[Path], smiles_column: Optional[str], exact: bool,
+    batch_size: int, workers: int, chunk_size: int, strict: bool, resume: bool, device: str,
+    distribution: Optional[str], filter_spec: Optional[FilterSpec], keep_failed: bool,
+) -> ScreenSummary:
+    """Shared body of ``score`` and ``filter``: errors mapped to exit codes, a progress bar."""
+    if device.startswith("cuda") and not _cuda_available():
+        raise _fail(f"--device {device} requested but CUDA is not available", 2)
+    try:
+        scorer = Scorer(load_model(checkpoint, device=device), distribution, device, batch_size, exact)
+        read_molecules(input, smiles_column, 1)  # fail on a missing file or column before any work
+    except (InputError, FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
+    started = time.perf_counter()
+    try:
+        with _progress() as progress:
+            task = progress.add_task("scoring" if filter_spec is None else "filtering", rate="")
+
+            def on_chunk(summary: ScreenSummary) -> None:
+                rate = summary.rows / (time.perf_counter() - started)
+                progress.update(task, completed=summary.rows, rate=f"{rate:,.0f} rows/s")
+
+            summary = screen_file(input, output, scorer, smiles_column, chunk_size, workers, strict, resume,
+                                  filter_spec, keep_failed, on_chunk)
+    except (InputError, CheckSpecError) as error:
+        raise _fail(str(error), 2) from None
+    except StrictFailure as error:
+        raise _fail(str(error), 1) from None
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted; continue with the same command and --resume ({output}.partial kept)", 1) from None
+    except (pd.errors.ParserError, OSError) as error:
+        raise _fail(str(error).strip(), 1) from None
+    summary_seconds = time.perf_counter() - started
+    out = Console()
+    out.print(f"{input} -> {output}: {summary.rows:,} rows in {summary_seconds:.1f} s "
+              f"({summary.rows / max(summary_seconds, 1e-9):,.0f} rows/s)"
+              + (f", {summary.skipped_on_resume:,} already done before --resume" if summary.skipped_on_resume else ""),
+              highlight=False, soft_wrap=True)
+    for name, count in sorted(summary.statuses.items()):
+        out.print(f"  status {name}: {count:,}", highlight=False)
+    return summary
+
+
+@app.command()
+def score(
+    input: Path = typer.Argument(..., help="CSV/TSV, .smi, SDF or Parquet file (optionally .gz)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .csv/.tsv (optionally .gz) or .parquet."),
+    smiles_column: Optional[str] = typer.Option(None, help="SMILES column (default: a column named smiles)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (default: the bundled QM9 model)."),
+    exact: bool = typer.Option(False, help="Also the ELBO (a lower bound on log P, nats) and its standard error: slower."),
+    batch_size: int = typer.Option(2048, min=1, help="Molecules per model call."),
+    workers: int = typer.Option(2, min=1, help="Processes parsing with RDKit while the model scores."),
+    chunk_size: int = typer.Option(10_000, min=1, help="Rows per chunk (memory stays flat)."),
+    strict: bool = typer.Option(False, help="Stop at the first row that is not ok (exit 1)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run (same options) from OUTPUT.partial."),
+    device: str = typer.Option("cpu"),
+    distribution: Optional[str] = typer.Option(None, help="Training distribution to score against ('null' = generic)."),
+) -> None:
+    """Append log_density, density_percentile, status and reason to every row of a molecule file."""
+    _screen(input, output, checkpoint, smiles_column, exact, batch_size, workers, chunk_size, strict, resume,
+            device, distribution, None, False)
+
+
+@app.command("filter")
+def filter_command(
+    input: Path = typer.Argument(..., help="CSV/TSV, .smi, SDF or Parquet file (optionally .gz)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .csv/.tsv (optionally .gz) or .parquet."),
+    min_percentile: float = typer.Option(5.0, min=0.0, max=100.0, help="Keep rows at or above this density percentile."),
+    rule: List[str] = typer.Option([], help=f"Rule sets: {', '.join(RULES)}."),
+    alerts: str = typer.Option("", help="Structural alert sets, comma-separated, e.g. pains,brenk."),
+    prop: List[str] = typer.Option([], "--prop", help="Property window, e.g. 'mw<=300' (repeatable)."),
+    keep_failed: bool = typer.Option(False, help="Write every row, with passed and failed_checks."),
+    smiles_column: Optional[str] = typer.Option(None, help="SMILES column (default: a column named smiles)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (default: the bundled QM9 model)."),
+    batch_size: int = typer.Option(2048, min=1),
+    workers: int = typer.Option(2, min=1),
+    chunk_size: int = typer.Option(10_000, min=1),
+    strict: bool = typer.Option(False, help="Stop at the first row that is not ok (exit 1)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run (same options) from OUTPUT.partial."),
+    device: str = typer.Option("cpu"),
+    distribution: Optional[str] = typer.Option(None),
+) -> None:
+    """Score plus RDKit checks; write the rows that pass (all rows with --keep-failed)."""
+    try:
+        checks = CheckConfig.from_strings(rule, [alerts] if alerts else [], prop)
+    except CheckSpecError as error:
+        raise _fail(str(error), 2) from None
+    spec = FilterSpec(min_percentile=min_percentile, checks=checks)
+    summary = _screen(input, output, checkpoint, smiles_column, False, batch_size, workers, chunk_size, strict,
+                      resume, device, distribution, spec, keep_failed)
+    out = Console()
+    for name, count in summary.removed_by.most_common():
+        out.print(f"  removed by {name}: {count:,}", highlight=False)
+    out.print(f"  passed: {summary.passed:,} of {summary.rows:,}", highlight=False)
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A training checkpoint (RUN/checkpoint.pt)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Inference checkpoint to write."),
+    half: bool = typer.Option(False, help="Store the weights as float16 (half the size)."),
+) -> None:
+    """Write the inference part of a training checkpoint: EMA weights and the plain-value card."""
+    try:
+        export_inference(checkpoint, output, half)
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
+    Console().print(f"{output}: {output.stat().st_size / 2**20:.1f} MiB", highlight=False)

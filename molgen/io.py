@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,10 +192,14 @@ class TableWriter:
     """Appends DataFrame chunks to a CSV/TSV (optionally .gz) or Parquet file.
 
     Output goes to ``<path>.partial`` and is renamed on :meth:`close`, so a file at ``path`` is
-    always complete; :meth:`abort` removes the partial file.
+    always complete; :meth:`abort` removes the partial file. CSV/TSV chunks are written whole and
+    flushed to disk, each gzip chunk as its own gzip member, and a small ``.progress`` record after
+    each one says how many rows and bytes are safely written: with ``resume`` a later run truncates
+    the partial file to that point and continues: ``source_rows_done`` tells how many input rows the
+    written part covers (a filter writes fewer rows than it reads).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, resume: bool = False):
         self.path = Path(path)
         suffixes = [s.lower() for s in self.path.suffixes]
         self._gzip = bool(suffixes) and suffixes[-1] == ".gz"
@@ -203,21 +208,47 @@ class TableWriter:
             raise InputError(f"cannot write {self.path.name!r}: use .csv, .tsv (optionally .gz) or .parquet")
         self._format = core
         self._partial = self.path.with_name(self.path.name + ".partial")
+        self._progress = self.path.with_name(self.path.name + ".progress")
         self._handle = None
         self._parquet = None
         self.rows_written = 0
+        self.source_rows_done = 0
+        self._header_written = False
+        if resume:
+            if self._format in {".parquet", ".pq"}:
+                raise InputError("--resume needs a CSV or TSV output; a Parquet file cannot be continued")
+            if self._progress.is_file() and self._partial.is_file():
+                state = json.loads(self._progress.read_text())
+                with open(self._partial, "r+b") as handle:
+                    handle.truncate(state["bytes"])  # drop a chunk that was being written when stopped
+                self.rows_written = int(state["rows"])
+                self.source_rows_done = int(state["source_rows"])
+                self._header_written = state["bytes"] > 0
+        else:
+            self._progress.unlink(missing_ok=True)
+            self._partial.unlink(missing_ok=True)
 
-    def write(self, frame: pd.DataFrame) -> None:
+    def write(self, frame: pd.DataFrame, source_rows_done: int | None = None) -> None:
+        """Append ``frame``; ``source_rows_done``: input rows covered so far (default: rows written)."""
+        self.source_rows_done = source_rows_done if source_rows_done is not None else self.rows_written + len(frame)
         if self._format in {".parquet", ".pq"}:
             self._write_parquet(frame)
-        else:
-            if self._handle is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                opener = gzip.open if self._gzip else open
-                self._handle = opener(self._partial, "wt", encoding="utf-8", newline="")
-            sep = "\t" if self._format == ".tsv" else ","
-            frame.to_csv(self._handle, sep=sep, index=False, header=self.rows_written == 0)
+            self.rows_written += len(frame)
+            return
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self._partial, "ab")
+        sep = "\t" if self._format == ".tsv" else ","
+        data = frame.to_csv(sep=sep, index=False, header=not self._header_written).encode("utf-8")
+        self._header_written = True
+        self._handle.write(gzip.compress(data) if self._gzip else data)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
         self.rows_written += len(frame)
+        progress = {"rows": self.rows_written, "bytes": self._handle.tell(), "source_rows": self.source_rows_done}
+        tmp = self._progress.with_name(self._progress.name + ".tmp")
+        tmp.write_text(json.dumps(progress))
+        os.replace(tmp, self._progress)
 
     def _write_parquet(self, frame: pd.DataFrame) -> None:
         import pyarrow as pa
@@ -238,11 +269,13 @@ class TableWriter:
             self._parquet.close()
 
     def close(self) -> None:
-        if self._handle is None and self._parquet is None:
+        if self._handle is None and self._parquet is None and not self._partial.exists():
             self.write(pd.DataFrame())  # an empty input still gives an (empty) output file
         self._close_handles()
         os.replace(self._partial, self.path)
+        self._progress.unlink(missing_ok=True)
 
     def abort(self) -> None:
         self._close_handles()
         self._partial.unlink(missing_ok=True)
+        self._progress.unlink(missing_ok=True)

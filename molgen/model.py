@@ -58,6 +58,7 @@ class ModelOutput(NamedTuple):
     atom_logits: torch.Tensor  # (B, N, A)
     bond_logits: torch.Tensor  # (B, N, N, 4), symmetric
     density: torch.Tensor  # (B,) D(z, t, dist) in nats
+    cls_state: torch.Tensor  # (B, d) the final [CLS] state the density head reads
 
 
 def valence_features(atom_probs: torch.Tensor, bond_probs: torch.Tensor, valences: torch.Tensor) -> torch.Tensor:
@@ -154,6 +155,10 @@ class DiScoFormer(nn.Module):
         self.bond_right = nn.Linear(d, dp)
         self.bond_head = nn.Sequential(nn.LayerNorm(dp), nn.Linear(dp, dp), nn.GELU(), nn.Linear(dp, b))
         self.density_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
+        # Running mean of the density targets (nats), kept by the trainer: the head then learns
+        # differences between molecules (tens of nats) instead of chasing a level that falls from
+        # thousands of nats to tens while the score head trains.
+        self.register_buffer("density_offset", torch.zeros(()))
 
     @property
     def null_distribution(self) -> int:
@@ -201,8 +206,11 @@ class DiScoFormer(nn.Module):
         outer = self.bond_left(atom_states)[:, :, None] * self.bond_right(atom_states)[:, None, :]
         bond_logits = self.bond_head(pairs + outer)
         bond_logits = 0.5 * (bond_logits + bond_logits.transpose(1, 2))
-        density = self.density_head(h[:, 1]).squeeze(-1) * self.config.density_scale
-        return ModelOutput(atom_logits, bond_logits, density)
+        return ModelOutput(atom_logits, bond_logits, self.density_of(h[:, 1]), h[:, 1])
+
+    def density_of(self, cls_state: torch.Tensor) -> torch.Tensor:
+        """The density head on final [CLS] states: D in nats."""
+        return self.density_head(cls_state).squeeze(-1) * self.config.density_scale + self.density_offset
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

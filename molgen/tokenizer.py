@@ -178,25 +178,40 @@ def _has_explicit_hydrogen_atoms(mol: Chem.Mol) -> bool:
     return any(atom.GetAtomicNum() == 1 for atom in mol.GetAtoms())
 
 
-def domain_problem(graph: MolecularGraph, vocab: Vocabulary) -> str | None:
-    """Why ``vocab`` cannot represent ``graph``, or None when it can."""
-    for key in graph.atom_keys:
+def _atom_problem(atom_keys: list[AtomKey] | tuple[AtomKey, ...], radicals: int, vocab: Vocabulary) -> str | None:
+    for key in atom_keys:
         if not vocab.has_element(key[0]):
             return f"element {key[0]} not in vocabulary"
-    for key in graph.atom_keys:
+    for key in atom_keys:
         if vocab.index(key) is None:
             charge = f"charge {key[1]:+d}" if key[1] else "neutral"
             return f"atom type {atom_label(key)} ({charge}) not in vocabulary"
-    if graph.num_atoms > vocab.max_atoms:
-        return f"{graph.num_atoms} heavy atoms > {vocab.max_atoms}"
-    if graph.num_atoms == 0:
+    if len(atom_keys) > vocab.max_atoms:
+        return f"{len(atom_keys)} heavy atoms > {vocab.max_atoms}"
+    if not atom_keys:
         return "no heavy atoms"
-    if graph.radical_electrons:
-        return f"{graph.radical_electrons} radical electron(s)"
-    fragments = _component_count(graph.bonds)
-    if fragments > 1:
-        return f"{fragments} disconnected fragments (salt or mixture)"
+    if radicals:
+        return f"{radicals} radical electron(s)"
     return None
+
+
+def domain_problem(graph: MolecularGraph, vocab: Vocabulary) -> str | None:
+    """Why ``vocab`` cannot represent ``graph``, or None when it can."""
+    problem = _atom_problem(graph.atom_keys, graph.radical_electrons, vocab)
+    if problem is None and (fragments := _component_count(graph.bonds)) > 1:
+        return f"{fragments} disconnected fragments (salt or mixture)"
+    return problem
+
+
+def mol_domain_problem(mol: Chem.Mol, vocab: Vocabulary) -> str | None:
+    """:func:`domain_problem` read off the molecule itself, before the (costlier) canonical ordering:
+    screening sets are mostly out of domain, and this rejects them cheaply with the same reasons."""
+    atoms = [atom for atom in mol.GetAtoms() if atom.GetAtomicNum() != 1]
+    keys = [(atom.GetSymbol(), atom.GetFormalCharge()) for atom in atoms]
+    problem = _atom_problem(keys, sum(atom.GetNumRadicalElectrons() for atom in atoms), vocab)
+    if problem is None and (fragments := len(Chem.GetMolFrags(mol))) > 1:
+        return f"{fragments} disconnected fragments (salt or mixture)"
+    return problem
 
 
 def tokens_from_graph(graph: MolecularGraph, vocab: Vocabulary) -> GraphTokens:
@@ -209,6 +224,9 @@ def tokens_from_graph(graph: MolecularGraph, vocab: Vocabulary) -> GraphTokens:
 
 def encode(mol: Chem.Mol, vocab: Vocabulary) -> GraphTokens:
     """Tokens of a sanitized molecule; raises :class:`OutOfDomain` with the reason otherwise."""
+    problem = mol_domain_problem(mol, vocab)
+    if problem is not None:
+        raise OutOfDomain(problem)
     return tokens_from_graph(molecular_graph(mol), vocab)
 
 

@@ -23,6 +23,7 @@ from molgen.likelihood import elbo, log_density
 from molgen.losses import LossWeights, training_losses
 from molgen.model import DiScoConfig, DiScoFormer
 from molgen.noise import LogSNRSchedule, NoiseProcess
+from molgen.novelty import smiles_hash
 from molgen.tokenizer import GraphBatch, Vocabulary, batch_from_arrays
 
 CALIBRATION_QUANTILES = 101  # D at the 0th, 1st, ..., 100th percentile of held-out molecules
@@ -63,6 +64,7 @@ class TrainingData:
     sizes: np.ndarray
     dist: np.ndarray
     split: np.ndarray
+    smiles: np.ndarray  # canonical SMILES per molecule
     fingerprints: list[str]
 
     @classmethod
@@ -73,7 +75,7 @@ class TrainingData:
             atom_types += [key for key in dataset.vocab.atom_types if key not in atom_types]
         n = max(d.vocab.max_atoms for d in datasets)
         vocab = Vocabulary(tuple(atom_types), n)
-        parts = {"atoms": [], "bonds": [], "sizes": [], "dist": [], "split": []}
+        parts = {"atoms": [], "bonds": [], "sizes": [], "dist": [], "split": [], "smiles": []}
         for index, dataset in enumerate(datasets):
             remap = np.array([vocab.index(key) for key in dataset.vocab.atom_types], dtype=np.int8)
             k = dataset.vocab.max_atoms
@@ -86,6 +88,7 @@ class TrainingData:
             parts["sizes"].append(dataset.sizes)
             parts["dist"].append(np.full(len(dataset), index, dtype=np.int64))
             parts["split"].append(dataset.split)
+            parts["smiles"].append(dataset.smiles)
         arrays = {key: np.concatenate(value) for key, value in parts.items()}
         return cls(vocab, names, fingerprints=[d.fingerprint for d in datasets], **arrays)
 
@@ -147,10 +150,14 @@ class Trainer:
         self.size_log_probs = torch.log(torch.tensor(self.size_distributions, dtype=torch.float32) + 1e-12).to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.train_rows = data.indices("train")
+        # Canonical-SMILES hashes of the training set: lets generation mark samples as novel
+        # without shipping the data.
+        self.train_hashes = torch.tensor(
+            np.unique([smiles_hash(s) for s in data.smiles[self.train_rows]]), dtype=torch.int64
+        )
         self.steps_per_epoch = max(1, len(self.train_rows) // config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.step = 0
-        self.nll_scale = 1.0e4  # running std of the ELBO targets (nats); starts wide
         self.elapsed = 0.0
         self.metrics: dict = {}
         self.calibration: dict = {}
@@ -187,8 +194,9 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "trainer": {"step": self.step, "nll_scale": self.nll_scale, "elapsed": self.elapsed},
+                "trainer": {"step": self.step, "elapsed": self.elapsed},
                 "generator": self.generator.get_state(),
+                "train_smiles_hashes": self.train_hashes,
             },
             self.checkpoint_path,
         )
@@ -202,7 +210,6 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.generator.set_state(payload["generator"])
         self.step = int(payload["trainer"]["step"])
-        self.nll_scale = float(payload["trainer"]["nll_scale"])
         self.elapsed = float(payload["trainer"]["elapsed"])
         self.metrics = payload["metrics"]
         self.calibration = payload["calibration"]
@@ -222,7 +229,7 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         losses = training_losses(
-            self.model, batch, dist, self.noise, self.size_log_probs[dist], self.weights, self.generator, self.nll_scale
+            self.model, batch, dist, self.noise, self.size_log_probs[dist], self.weights, self.generator
         )
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -232,7 +239,8 @@ class Trainer:
         with torch.no_grad():
             for ema_param, param in zip(self.ema.parameters(), self.model.parameters()):
                 ema_param.lerp_(param, 1.0 - decay)
-        self.nll_scale = 0.99 * self.nll_scale + 0.01 * max(float(losses["elbo_std"]), 1.0)
+            for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers()):
+                ema_buffer.copy_(buffer)  # running statistics such as the density offset
         self.step += 1
         out = {name: float(value.detach()) for name, value in losses.items()}
         out.update(lr=lr, grad_norm=float(grad_norm))

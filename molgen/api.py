@@ -1,0 +1,114 @@
+"""Python API for notebooks: ``model = molgen.load(); model.generate(1000, seed=0)``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import pandas as pd
+
+from molgen.checkpoint import LoadedModel, load_model
+from molgen.checks import CheckConfig, append_results, run_checks
+from molgen.pipeline import GenerateOptions, generate
+from molgen.sampler import SamplerSettings
+from molgen.scoring import Scorer
+from molgen.screen import FilterSpec, filter_columns
+
+
+class Model:
+    """A loaded DiScoFormer with the pipeline around it."""
+
+    def __init__(self, loaded: LoadedModel, device: str = "cpu"):
+        self.loaded = loaded
+        self.device = device
+        self.last_stats: dict = {}
+
+    @property
+    def vocab(self):
+        return self.loaded.vocab
+
+    def generate(
+        self,
+        n: int = 1000,
+        seed: int = 0,
+        steps: int = 100,
+        corrector_steps: int = 0,
+        snr: float = 0.1,
+        mala: bool = False,
+        min_percentile: float | None = None,
+        apply_filters: bool = True,
+        props: tuple[str, ...] = (),
+        rules: tuple[str, ...] = ("lipinski", "veber"),
+        alerts: tuple[str, ...] = ("pains", "brenk"),
+        batch_size: int = 500,
+        distribution: str | None = None,
+        num_atoms: int | None = None,
+    ) -> pd.DataFrame:
+        """Sample ``n`` molecules; the same columns as ``molgen generate`` (ranked best first)."""
+        options = GenerateOptions(
+            n=n, seed=seed, batch_size=batch_size, device=self.device,
+            sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala),
+            distribution=distribution, num_atoms=num_atoms, apply_filters=apply_filters,
+            checks=CheckConfig.from_strings(rules, alerts, props),
+        )
+        if min_percentile is not None:
+            options = replace(options, min_percentile=min_percentile)
+        frame, self.last_stats = generate(self.loaded, options)
+        return frame
+
+    def score(
+        self, molecules: "pd.DataFrame | list[str] | str", smiles_column: str = "smiles", exact: bool = False,
+        distribution: str | None = None,
+    ) -> pd.DataFrame:
+        """Score SMILES (a string, a list, or a DataFrame column): the DataFrame comes back with
+        ``log_density``, ``density_percentile``, ``status`` and ``reason`` appended (and the ELBO and
+        its standard error with ``exact``); a list gives a DataFrame with a ``smiles`` column."""
+        frame = _as_frame(molecules, smiles_column)
+        smiles = [s if isinstance(s, str) and s else None for s in frame[smiles_column].tolist()]
+        scores = Scorer(self.loaded, distribution, self.device, exact=exact).score_smiles(smiles, frame.index)
+        return append_results(frame, scores)
+
+    def __repr__(self) -> str:
+        meta = self.loaded.meta
+        return (f"molgen.Model({meta.get('parameters', '?'):,} parameters, distributions "
+                f"{self.loaded.distributions}, trained {meta.get('training_seconds', 0) / 60:.0f} min)")
+
+
+def _as_frame(molecules, smiles_column: str) -> pd.DataFrame:
+    if isinstance(molecules, str):
+        molecules = [molecules]
+    if isinstance(molecules, pd.DataFrame):
+        if smiles_column not in molecules.columns:
+            raise ValueError(f"no column {smiles_column!r}; columns are: {', '.join(map(str, molecules.columns))}")
+        return molecules
+    return pd.DataFrame({smiles_column: list(molecules)})
+
+
+def filter_frame(
+    molecules: "pd.DataFrame | list[str]",
+    model: Model | None = None,
+    smiles_column: str = "smiles",
+    min_percentile: float = 5.0,
+    rules: tuple[str, ...] = (),
+    alerts: tuple[str, ...] = (),
+    props: tuple[str, ...] = (),
+    keep_failed: bool = True,
+) -> pd.DataFrame:
+    """Density filter plus RDKit checks on a DataFrame: ``passed`` and ``failed_checks`` appended
+    (only the passing rows when ``keep_failed`` is False). ``model`` defaults to the bundled one."""
+    model = model or load()
+    scored = model.score(molecules, smiles_column)
+    spec = FilterSpec(min_percentile, CheckConfig.from_strings(rules, alerts, props))
+    checks = None
+    if rules or alerts or props:
+        smiles = [s if isinstance(s, str) and s else None for s in scored[smiles_column].tolist()]
+        checks = run_checks(smiles, spec.checks, index=scored.index)
+        scored = append_results(scored, checks.drop(columns=["status", "reason", "passed_checks", "failed_checks"]))
+    verdict = filter_columns(scored, checks, spec)
+    result = append_results(scored, verdict)
+    return result if keep_failed else result[verdict["passed"].to_numpy()]
+
+
+def load(path: str | os.PathLike | None = None, device: str = "cpu") -> Model:
+    """The bundled pretrained QM9 model, or the checkpoint at ``path``."""
+    return Model(load_model(path, device=device), device=device)

@@ -1,0 +1,109 @@
+import pandas as pd
+import pytest
+from rdkit import Chem
+from typer.testing import CliRunner
+
+import molgen
+from molgen.checkpoint import load_model
+from molgen.checks import CheckConfig
+from molgen.chemistry import fragment_count
+from molgen.cli import app
+from molgen.pipeline import GenerateOptions, generate
+from molgen.sampler import SamplerSettings
+from molgen.scoring import density_percentile
+
+COLUMNS = ["smiles", "raw_valid", "unique", "novel", "log_density", "density_percentile", "passed_density",
+           "passed_checks", "failed_checks", "mw", "qed", "sa_score", "rank"]
+
+
+def test_every_sample_has_a_row_valid_and_connected(tiny_checkpoint):
+    loaded = load_model(tiny_checkpoint)
+    options = GenerateOptions(n=37, batch_size=10, sampler=SamplerSettings(steps=10),
+                              checks=CheckConfig.from_strings(windows=["qed>=0.3"]))
+    frame, stats = generate(loaded, options)
+    assert len(frame) == 37 and stats["proposed"] == 37
+    assert set(COLUMNS) <= set(frame.columns)
+    for smiles in frame["smiles"]:
+        mol = Chem.MolFromSmiles(smiles)
+        assert mol is not None and fragment_count(mol) == 1
+    assert frame["unique"].sum() == frame["smiles"].nunique()
+    assert frame["novel"].notna().all()  # the checkpoint carries the training-set hashes
+    ranked = frame["rank"].dropna().astype(int).tolist()
+    assert ranked == list(range(1, len(ranked) + 1))  # ranks are 1..k, best first
+    eligible = frame["unique"] & frame["passed_density"] & frame["passed_checks"]
+    assert frame["rank"].notna().tolist() == eligible.tolist()
+    top = frame[frame["rank"].notna()]
+    assert top["log_density"].is_monotonic_decreasing
+    assert ((frame["density_percentile"] >= 0) & (frame["density_percentile"] <= 100)).all()
+
+
+def test_same_seed_same_molecules(tiny_checkpoint):
+    model = molgen.load(tiny_checkpoint)
+    a = model.generate(20, seed=3, steps=8, corrector_steps=1)
+    b = model.generate(20, seed=3, steps=8, corrector_steps=1)
+    c = model.generate(20, seed=4, steps=8, corrector_steps=1)
+    pd.testing.assert_frame_equal(a, b)
+    assert a["smiles"].tolist() != c["smiles"].tolist()
+
+
+def test_mala_acceptance_rate_is_reported(tiny_checkpoint):
+    model = molgen.load(tiny_checkpoint)
+    model.generate(30, seed=0, steps=8, corrector_steps=1, mala=True)
+    assert 0.0 < model.last_stats["acceptance_rate"] < 1.0
+
+
+def test_density_percentile_interpolates_calibration():
+    quantiles = [-40.0, -30.0, -20.0]  # 0th, 50th, 100th percentile
+    assert density_percentile([-50.0, -30.0, -25.0, 0.0], quantiles).tolist() == [0.0, 50.0, 75.0, 100.0]
+
+
+def test_generate_cli_end_to_end(tiny_checkpoint, tmp_path):
+    out = tmp_path / "candidates.csv"
+    args = ["generate", "-n", "24", "-o", str(out), "--checkpoint", str(tiny_checkpoint), "--steps", "8",
+            "--batch-size", "10", "--prop", "qed>=0.2", "--sdf", str(tmp_path / "top.sdf"),
+            "--grid", str(tmp_path / "top.png")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert len(frame) == 24 and set(COLUMNS) <= set(frame.columns)
+    for label in ("proposed", "valid without correction", "unique", "novel", "passed density", "passed checks"):
+        assert label in result.output
+    assert (tmp_path / "top.png").stat().st_size > 1000
+    ranked = frame["rank"].notna().sum()
+    assert len(Chem.SDMolSupplier(str(tmp_path / "top.sdf"))) == ranked
+
+    unfiltered = CliRunner().invoke(app, args[:5] + ["--checkpoint", str(tiny_checkpoint), "--steps", "8", "--no-filter"])
+    assert unfiltered.exit_code == 0
+    assert pd.read_csv(out)["rank"].notna().sum() == pd.read_csv(out)["unique"].sum()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prop", "bogus>1"], "unknown property"),
+    (["--checkpoint", "missing.pt"], "does not exist"),
+    (["--distribution", "zinc"], "unknown distribution 'zinc'"),
+])
+def test_generate_usage_errors(tiny_checkpoint, tmp_path, args, message):
+    base = ["generate", "-n", "4", "-o", str(tmp_path / "o.csv"), "--steps", "4"]
+    if "--checkpoint" not in args:
+        base += ["--checkpoint", str(tiny_checkpoint)]
+    result = CliRunner().invoke(app, base + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_export_keeps_outputs_and_info_prints_the_card(tiny_checkpoint, tmp_path):
+    slim = tmp_path / "slim.pt"
+    result = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-o", str(slim)])
+    assert result.exit_code == 0, result.output
+    assert slim.stat().st_size < tiny_checkpoint.stat().st_size  # optimizer and raw weights dropped
+    full, exported = molgen.load(tiny_checkpoint), molgen.load(slim)
+    smiles = ["CCO", "OC1CC1", "C#N"]
+    pd.testing.assert_frame_equal(full.score(smiles), exported.score(smiles))
+    half = tmp_path / "half.pt"
+    assert CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-o", str(half), "--half"]).exit_code == 0
+    difference = (molgen.load(half).score(smiles)["log_density"] - full.score(smiles)["log_density"]).abs()
+    assert difference.max() < 0.5  # nats
+    card = CliRunner().invoke(app, ["info", "--checkpoint", str(slim)])
+    assert card.exit_code == 0
+    for label in ("distributions", "parameters", "training", "val_elbo_nats", "spearman_density_elbo"):
+        assert label in card.output

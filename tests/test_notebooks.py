@@ -1,0 +1,32 @@
+"""Notebooks are executed on a small setting, so they never rot."""
+
+from pathlib import Path
+
+import nbformat
+from conftest import shared_file
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def test_generate_and_rank_notebook_runs(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("MOLGEN_CHECKPOINT", str(tiny_checkpoint))
+    monkeypatch.setenv("MOLGEN_NOTEBOOK_N", "24")
+    monkeypatch.setenv("MOLGEN_NOTEBOOK_STEPS", "8")
+    notebook = nbformat.read(NOTEBOOKS / "generate_and_rank.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 2  # the molecule grid and the density plot
+
+
+def test_score_library_notebook_runs(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("MOLGEN_CHECKPOINT", str(tiny_checkpoint))
+    monkeypatch.setenv("MOLGEN_LIBRARY", str(shared_file("molnet/esol.csv")))
+    monkeypatch.setenv("MOLGEN_NOTEBOOK_ROWS", "200")
+    notebook = nbformat.read(NOTEBOOKS / "score_library.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 2

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from molgen.noise import NoiseProcess
+from molgen.sampler import Denoised, SamplerSettings, sample
+
+# Two "molecules" of two atoms over two atom types: (type 0, type 1, single bond), (1, 1, double).
+ATOMS = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
+BONDS = torch.zeros(2, 2, 2, 4)
+BONDS[0, 0, 1, 1] = BONDS[0, 1, 0, 1] = 1.0
+BONDS[1, 0, 1, 2] = BONDS[1, 1, 0, 2] = 1.0
+NOISE = NoiseProcess()
+
+
+def exact_denoiser(z_atoms, z_bonds, t, self_cond):
+    """The exact posterior mean and log-density of the two-point data distribution (weights 1/2)."""
+    alpha, sigma = NOISE.atoms.alpha_sigma(t)
+    alpha, sigma = alpha[:, None], sigma[:, None]
+    distance = ((z_atoms[:, None] - alpha[..., None, None] * ATOMS) ** 2).sum((2, 3)) + 0.5 * (
+        (z_bonds[:, None] - alpha[..., None, None, None] * BONDS) ** 2
+    ).sum((2, 3, 4))
+    log_components = -distance / (2 * sigma**2)
+    weights = torch.softmax(log_components, dim=1)
+    atoms = torch.einsum("bk,knc->bnc", weights, ATOMS)
+    bonds = torch.einsum("bk,knmc->bnmc", weights, BONDS)
+    return Denoised(atoms, bonds, torch.logsumexp(log_components, dim=1))
+
+
+def run(settings, seed, size=400):
+    mask = torch.ones(size, 2, dtype=torch.bool)
+    return sample(exact_denoiser, mask, 2, NOISE, settings, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("settings", [SamplerSettings(steps=50), SamplerSettings(steps=30, corrector_steps=1, snr=0.1)])
+def test_exact_denoiser_samples_the_two_molecules_in_equal_shares(settings):
+    result = run(settings, seed=0)
+    first = (result.atoms[:, 0].argmax(-1) == 0) & (result.bonds[:, 0, 1].argmax(-1) == 1)
+    second = (result.atoms[:, 0].argmax(-1) == 1) & (result.bonds[:, 0, 1].argmax(-1) == 2)
+    assert (first | second).all()  # only the data points come out
+    assert 0.4 < first.float().mean().item() < 0.6
+
+
+def test_same_seed_same_samples_other_seed_other_samples():
+    settings = SamplerSettings(steps=20, corrector_steps=1)
+    a, b, c = run(settings, 1, 64), run(settings, 1, 64), run(settings, 2, 64)
+    assert torch.equal(a.atoms, b.atoms) and torch.equal(a.bonds, b.bonds)
+    assert not torch.equal(a.atoms, c.atoms)
+
+
+def test_mala_acceptance_is_reported_and_a_probability():
+    result = run(SamplerSettings(steps=20, corrector_steps=1, snr=0.2, mala=True), seed=0, size=200)
+    assert result.corrector_moves == 200 * 20
+    assert 0.0 < result.acceptance_rate < 1.0
+    assert result.acceptance_rate > 0.5  # the exact energy makes most small moves acceptable
+    unadjusted = run(SamplerSettings(steps=20, corrector_steps=1, snr=0.2), seed=0, size=200)
+    assert unadjusted.acceptance_rate == 1.0
+
+
+def test_bond_channels_stay_symmetric_and_padding_zero():
+    mask = torch.tensor([[True, True], [True, False]])
+    result = sample(exact_denoiser, mask, 2, NOISE, SamplerSettings(steps=5), torch.Generator().manual_seed(0))
+    assert torch.allclose(result.bonds, result.bonds.transpose(1, 2))
+    assert np.isfinite(result.atoms.numpy()).all()
