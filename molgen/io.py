@@ -37,6 +37,7 @@ class Chunk:
     frame: pd.DataFrame
     smiles: list[str | None]
     read_error: list[str | None]  # why a row could not be read as a molecule (SDF records)
+    smiles_column: str = "smiles"  # the column of ``frame`` the SMILES came from
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -108,7 +109,7 @@ def _table_chunks(path: Path, sep: str, column: str, chunk_size: int) -> Iterato
         for frame in reader:
             frame.index = pd.RangeIndex(start, start + len(frame))
             start += len(frame)
-            yield Chunk(frame, [s if s else None for s in frame[column].tolist()], [None] * len(frame))
+            yield Chunk(frame, [s if s else None for s in frame[column].tolist()], [None] * len(frame), column)
 
 
 def _read_smi(path: Path, chunk_size: int) -> Iterator[Chunk]:
@@ -185,7 +186,7 @@ def _read_parquet(path: Path, smiles_column: str | None, chunk_size: int) -> Ite
         frame.index = pd.RangeIndex(start, start + len(frame))
         start += len(frame)
         smiles = [s if isinstance(s, str) and s else None for s in frame[column].tolist()]
-        yield Chunk(frame, smiles, [None] * len(frame))
+        yield Chunk(frame, smiles, [None] * len(frame), column)
 
 
 class TableWriter:
@@ -199,14 +200,18 @@ class TableWriter:
     written part covers (a filter writes fewer rows than it reads).
     """
 
-    def __init__(self, path: str | os.PathLike, resume: bool = False):
+    def __init__(self, path: str | os.PathLike, resume: bool = False, smiles_column: str | None = None):
         self.path = Path(path)
         suffixes = [s.lower() for s in self.path.suffixes]
         self._gzip = bool(suffixes) and suffixes[-1] == ".gz"
         core = suffixes[-2] if self._gzip and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
-        if core not in {".csv", ".tsv", ".parquet", ".pq"}:
-            raise InputError(f"cannot write {self.path.name!r}: use .csv, .tsv (optionally .gz) or .parquet")
+        if core not in {".csv", ".tsv", ".sdf", ".parquet", ".pq"}:
+            raise InputError(
+                f"cannot write {self.path.name!r}: use .csv, .tsv, .sdf (optionally .gz) or .parquet"
+                " (a .smi file has no room for the appended columns)"
+            )
         self._format = core
+        self.smiles_column = smiles_column  # needed for SDF output: the molecule of each record
         self._partial = self.path.with_name(self.path.name + ".partial")
         self._progress = self.path.with_name(self.path.name + ".progress")
         self._handle = None
@@ -238,8 +243,11 @@ class TableWriter:
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = open(self._partial, "ab")
-        sep = "\t" if self._format == ".tsv" else ","
-        data = frame.to_csv(sep=sep, index=False, header=not self._header_written).encode("utf-8")
+        if self._format == ".sdf":
+            data = _sdf_block(frame, self.smiles_column or "smiles").encode("utf-8")
+        else:
+            sep = "\t" if self._format == ".tsv" else ","
+            data = frame.to_csv(sep=sep, index=False, header=not self._header_written).encode("utf-8")
         self._header_written = True
         self._handle.write(gzip.compress(data) if self._gzip else data)
         self._handle.flush()
@@ -279,3 +287,21 @@ class TableWriter:
         self._close_handles()
         self._partial.unlink(missing_ok=True)
         self._progress.unlink(missing_ok=True)
+
+
+def _sdf_block(frame: pd.DataFrame, smiles_column: str) -> str:
+    """SDF records for a chunk, every column as a data item; a row without a valid molecule is kept
+    as an empty record (its properties say why), so the record count equals the row count."""
+    from molgen.chemistry import parse_smiles
+
+    buffer = io.StringIO()
+    writer = Chem.SDWriter(buffer)
+    for row in frame.itertuples(index=False):
+        values = dict(zip(frame.columns, row))
+        mol = parse_smiles(values.get(smiles_column)) or Chem.Mol()
+        for key, value in values.items():
+            if value is not None and not (isinstance(value, float) and value != value):
+                mol.SetProp(str(key), str(value))
+        writer.write(mol)
+    writer.close()
+    return buffer.getvalue()

@@ -53,7 +53,7 @@ def _skip_rows(chunks: Iterator[Chunk], skip: int) -> Iterator[Chunk]:
         if chunk.frame.index[0] < skip:
             keep = chunk.frame.index >= skip
             offset = int((~keep).sum())
-            chunk = Chunk(chunk.frame[keep], chunk.smiles[offset:], chunk.read_error[offset:])
+            chunk = Chunk(chunk.frame[keep], chunk.smiles[offset:], chunk.read_error[offset:], chunk.smiles_column)
         yield chunk
 
 
@@ -136,6 +136,7 @@ def screen_file(
                 summary.passed += int(verdict["passed"].sum())
                 if not keep_failed:
                     output = output[verdict["passed"].to_numpy()]
+            writer.smiles_column = chunk.smiles_column
             writer.write(output, source_rows_done=int(chunk.frame.index[-1]) + 1)
             summary.rows += len(chunk)
             summary.written += len(output)

@@ -153,3 +153,22 @@ def test_resume_after_a_kill_gives_the_same_output(tiny_checkpoint, tmp_path):
     assert "already done before --resume" in done.stdout
     assert out.read_bytes() == straight.read_bytes()
     assert len(pd.read_csv(out)) == 6000
+
+
+def test_score_to_sdf_keeps_every_row_as_a_record(tiny_checkpoint, tmp_path):
+    from rdkit import Chem
+
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"id": [1, 2, 3], "structure": ["CCO", "bad(", "OC1CC1"]}).to_csv(source, index=False)
+    out = tmp_path / "scored.sdf"
+    result = runner.invoke(app, ["score", str(source), "-o", str(out), "--smiles-column", "structure",
+                                 "--checkpoint", str(tiny_checkpoint), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    records = list(Chem.SDMolSupplier(str(out)))
+    assert len(records) == 3
+    assert [r.GetProp("status") for r in records] == ["ok", "invalid_smiles", "ok"]
+    assert records[1].GetNumAtoms() == 0 and records[2].GetNumAtoms() == 4
+    assert float(records[0].GetProp("log_density")) < 0
+    smi = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "o.smi"), "--smiles-column", "structure",
+                              "--checkpoint", str(tiny_checkpoint)])
+    assert smi.exit_code == 2 and "no room for the appended columns" in smi.output
