@@ -7,6 +7,7 @@ be read as a molecule keep their place with ``smiles`` None and a ``read_error``
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
@@ -95,21 +96,40 @@ def _open_text(path: Path):
 
 def _read_table(path: Path, sep: str, smiles_column: str | None, chunk_size: int) -> Iterator[Chunk]:
     with _open_text(path) as handle:
-        header = pd.read_csv(handle, sep=sep, dtype=str, nrows=0)
-    column = resolve_smiles_column(list(header.columns), smiles_column)  # fail before any work
-    return _table_chunks(path, sep, column, chunk_size)
+        header = next(csv.reader(handle, delimiter=sep), [])
+    column = resolve_smiles_column(header, smiles_column)  # fail before any work
+    return _table_chunks(path, sep, header, column, chunk_size)
 
 
-def _table_chunks(path: Path, sep: str, column: str, chunk_size: int) -> Iterator[Chunk]:
+def _table_chunks(path: Path, sep: str, header: list[str], column: str, chunk_size: int) -> Iterator[Chunk]:
+    """Rows in order, quoted fields (separators, newlines) honoured; a blank line is a row of empty
+    fields, and a line with the wrong number of fields is kept with a read error naming the count,
+    so a malformed line never stops a run."""
+    width, position = len(header), header.index(column)
+    rows: list[list[str]] = []
+    errors: list[str | None] = []
+    start = 0
     with _open_text(path) as handle:
-        reader = pd.read_csv(
-            handle, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False, chunksize=chunk_size
-        )
-        start = 0
-        for frame in reader:
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            start += len(frame)
-            yield Chunk(frame, [s if s else None for s in frame[column].tolist()], [None] * len(frame), column)
+        reader = csv.reader(handle, delimiter=sep)
+        next(reader, None)  # the header
+        for line_fields in reader:
+            error = None
+            if line_fields and len(line_fields) != width:
+                error = f"line has {len(line_fields)} fields, the header has {width}"
+            rows.append((line_fields + [""] * width)[:width])
+            errors.append(error)
+            if len(rows) == chunk_size:
+                yield _table_chunk(rows, errors, header, position, start)
+                start += len(rows)
+                rows, errors = [], []
+    if rows:
+        yield _table_chunk(rows, errors, header, position, start)
+
+
+def _table_chunk(rows: list[list[str]], errors: list, header: list[str], position: int, start: int) -> Chunk:
+    frame = pd.DataFrame(rows, columns=header, index=pd.RangeIndex(start, start + len(rows)))
+    smiles = [None if error else (row[position] or None) for row, error in zip(rows, errors)]
+    return Chunk(frame, smiles, errors, header[position])
 
 
 def _read_smi(path: Path, chunk_size: int) -> Iterator[Chunk]:

@@ -103,3 +103,12 @@ def test_writer_is_atomic(tmp_path):
     assert list(tmp_path.glob("aborted*")) == []
     with pytest.raises(InputError, match="cannot write"):
         TableWriter(tmp_path / "out.xlsx")
+
+
+def test_a_line_with_the_wrong_number_of_fields_is_kept_with_a_reason(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("id,smiles\n1,CCO\n2,CC,extra\n3\n4,C#N\n")
+    _, frame, smiles, errors = read_all(path)
+    assert frame["id"].tolist() == ["1", "2", "3", "4"]
+    assert smiles == ["CCO", None, None, "C#N"]
+    assert errors == [None, "line has 3 fields, the header has 2", "line has 1 fields, the header has 2", None]
