@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 import torch
-
 from _common import SHARED_DATA, write_results
+
 from molgen.checkpoint import load_model
 from molgen.data import locate_qm9, prepare_dataset
 from molgen.likelihood import elbo, log_density

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from molgen.likelihood import elbo, upper_pair_mask
-from molgen.model import DiScoFormer, posterior_probs
-from molgen.noise import NoiseProcess, expand, q_sample, symmetric_noise, tweedie_score
+from molgen.model import DiScoFormer, ModelOutput, posterior_probs
+from molgen.noise import LogSNRSchedule, NoiseProcess, expand, q_sample, symmetric_noise, tweedie_score
 from molgen.tokenizer import GraphBatch, pair_mask_of
 
 
@@ -86,7 +86,8 @@ def training_losses(
         torch.cat([dist, dist]),
         (torch.cat([prev_atoms, x_atoms]), torch.cat([prev_bonds, x_bonds])),
     )
-    atom_logits, bond_logits = output.atom_logits[:size], output.bond_logits[:size]
+    noisy = ModelOutput(*(field[:size] for field in output))
+    atom_logits, bond_logits = noisy.atom_logits, noisy.bond_logits
     # The density regression trains the density head only: its targets are noisy and, early on,
     # thousands of nats apart, and letting them into the shared backbone slowed the score head
     # badly (QM9 epoch 1: score loss 2.6 instead of 1.7). The backbone still shapes D through the
@@ -97,11 +98,10 @@ def training_losses(
     bond_ce = F.cross_entropy(bond_logits.permute(0, 3, 1, 2), batch.bonds, reduction="none") * pair_mask
     score_loss = (atom_ce.sum(1) + bond_ce.sum((1, 2))).mean() / n
 
-    atom_probs = atom_logits.softmax(-1) * mask[..., None]
-    bond_probs = bond_logits.softmax(-1) * full_pair_mask
+    atom_probs, bond_probs = posterior_probs(noisy, mask)
     with torch.no_grad():
-        dsm = _dsm(z_atoms, atom_probs, eps_atoms, t, noise, mask[..., None].float(), "atoms") + _dsm(
-            z_bonds, bond_probs, eps_bonds, t, noise, pair_mask[..., None], "bonds"
+        dsm = _dsm(z_atoms, atom_probs, eps_atoms, t, noise.atoms, mask[..., None].float()) + _dsm(
+            z_bonds, bond_probs, eps_bonds, t, noise.bonds, pair_mask[..., None]
         )
     losses = {"score": score_loss, "dsm": dsm.mean() / n}
     targets = min(weights.nll_molecules, size)
@@ -161,9 +161,8 @@ def consistency_loss(
     return (mismatch_atoms + mismatch_bonds).mean() / n
 
 
-def _dsm(z, probs, eps, t, noise: NoiseProcess, mask, part: str) -> torch.Tensor:
+def _dsm(z, probs, eps, t, schedule: LogSNRSchedule, mask) -> torch.Tensor:
     """Per-molecule ||sigma_t * score + eps||^2: denoising score matching, for the log."""
-    schedule = getattr(noise, part)
     _, sigma = schedule.alpha_sigma(t)
     scaled_score = tweedie_score(z.detach(), probs, t, schedule) * expand(sigma, z)
     return (((scaled_score + eps) ** 2) * mask).flatten(1).sum(1)

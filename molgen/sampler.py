@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from molgen.model import posterior_probs
 from molgen.noise import NoiseProcess, expand, posterior, symmetric_noise, tweedie_score
 from molgen.tokenizer import pair_mask_of
 
@@ -170,8 +171,6 @@ def _corrector(denoiser, z: _State, t, self_cond, noise: NoiseProcess, settings:
 
 def model_denoiser(model, mask: torch.Tensor, dist: torch.Tensor, noise: NoiseProcess) -> Denoiser:
     """Wrap a DiScoFormer as a :data:`Denoiser` for fixed sizes and distribution ids."""
-    from molgen.model import posterior_probs
-
     @torch.no_grad()
     def denoise(z_atoms, z_bonds, t, self_cond):
         output = model(z_atoms, z_bonds, mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist, self_cond)

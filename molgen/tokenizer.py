@@ -74,10 +74,6 @@ class Vocabulary:
         return len(self.atom_types)
 
     @property
-    def num_bond_types(self) -> int:
-        return len(BOND_TYPES)
-
-    @property
     def labels(self) -> list[str]:
         return [atom_label(key) for key in self.atom_types]
 
@@ -117,12 +113,6 @@ class Vocabulary:
             raise ValueError("cannot build a vocabulary from no molecules")
         ordered = sorted(counts, key=lambda key: (-counts[key], key))
         return cls(tuple(ordered), max_atoms if max_atoms is not None else largest)
-
-
-QM9_VOCABULARY = Vocabulary(
-    atom_types=(("C", 0), ("N", 0), ("O", 0), ("F", 0), ("N", 1), ("O", -1), ("N", -1), ("C", -1)),
-    max_atoms=9,
-)
 
 
 @dataclass(frozen=True)
