@@ -19,19 +19,20 @@ FORMAT = "molgen-discoformer-1"
 BUNDLED = Path(__file__).resolve().parent / "weights" / "qm9.pt"
 # What inference needs; the rest of a training checkpoint (optimizer, raw weights, RNG) is dropped.
 INFERENCE_KEYS = ("model_config", "vocab", "noise", "distributions", "size_distributions", "calibration",
-                  "metrics", "meta", "train_smiles_hashes")
+                  "metrics", "meta", "train_smiles_hashes", "elbo_proposal", "evaluation")
 
 
-def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
-    """Write ``payload`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+def save_checkpoint(payload: dict, path: str | os.PathLike, kind: str = FORMAT) -> None:
+    """Write ``payload`` to ``path`` atomically: a crash mid-write leaves the previous file intact.
+    ``kind`` tags the file so that one model's reader refuses another model's checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as handle:
-        torch.save({"format": FORMAT, **payload}, handle)
+        torch.save({"format": kind, **payload}, handle)
     os.replace(handle.name, path)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
+def read_checkpoint(path: str | os.PathLike, kind: str = FORMAT) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -39,8 +40,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
         raise ValueError(f"{path} is not a molgen checkpoint: {error}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a molgen checkpoint (format {payload.get('format')!r})")
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found != kind:
+        raise ValueError(f"{path} is not a {kind} checkpoint (format {found!r})")
     return payload
 
 
@@ -57,13 +59,20 @@ class LoadedModel:
     metrics: dict
     meta: dict
     train_hashes: np.ndarray | None  # sorted canonical-SMILES hashes of the training set
+    elbo_proposal: torch.Tensor | None = None  # importance weights of time bins for the ELBO
+    evaluation: dict | None = None  # headline figures of `molgen evaluate`, stored at export
 
 
-def export_inference(source: str | os.PathLike, target: str | os.PathLike, half: bool = False) -> dict:
-    """Write the inference part of a training checkpoint (EMA weights, optionally float16)."""
+def export_inference(
+    source: str | os.PathLike, target: str | os.PathLike, half: bool = False, evaluation: dict | None = None
+) -> dict:
+    """Write the inference part of a training checkpoint (EMA weights, optionally float16), with
+    ``evaluation`` (plain values) as its benchmark card when given."""
     payload = read_checkpoint(source)
     weights = {k: v.half() if half and v.is_floating_point() else v for k, v in payload["ema"].items()}
     slim = {key: payload[key] for key in INFERENCE_KEYS if key in payload}
+    if evaluation is not None:
+        slim["evaluation"] = evaluation
     save_checkpoint({**slim, "ema": weights}, target)
     return slim
 
@@ -87,4 +96,6 @@ def load_model(
         metrics=payload.get("metrics", {}),
         meta=payload.get("meta", {}),
         train_hashes=payload["train_smiles_hashes"].numpy() if "train_smiles_hashes" in payload else None,
+        elbo_proposal=torch.tensor(payload["elbo_proposal"]) if payload.get("elbo_proposal") else None,
+        evaluation=payload.get("evaluation"),
     )

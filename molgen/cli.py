@@ -415,9 +415,99 @@ def info(
         if key in metrics:
             value = metrics[key]
             rows.append((key, f"{value:.3f}" if isinstance(value, float) else str(value)))
+    for label, value in (loaded.evaluation or {}).items():
+        rows.append((label, f"{value:.4g}" if isinstance(value, float) else str(value)))
     for label, value in rows:
         table.add_row(label, value)
     Console().print(table)
+
+
+@app.command()
+def evaluate(
+    output: Path = typer.Option(..., "--output", "-o", help="Report JSON."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (default: the bundled QM9 model)."),
+    samples: Optional[Path] = typer.Option(
+        None, help="Evaluate the molecules of this file (any model's samples) instead of sampling a checkpoint."
+    ),
+    smiles_column: Optional[str] = typer.Option(None, help="SMILES column of --samples (default: detected)."),
+    n: int = typer.Option(10_000, "-n", min=2, help="Samples to draw (the published tables use 10,000)."),
+    seed: int = typer.Option(0),
+    qm9_path: Optional[Path] = typer.Option(None, help="Folder or qm9.csv with qm9_test_idx.json beside it."),
+    density_molecules: int = typer.Option(1000, min=2, help="Test molecules (and their mutants) for density metrics."),
+    elbo_samples: int = typer.Option(64, min=2, help="Noise levels per ELBO estimate."),
+) -> None:
+    """Generation and density metrics against the QM9 test split, with the kNN-Tanimoto reference."""
+    from molgen.evaluation.generation import generation_metrics
+    from molgen.evaluation.report import evaluate_discoformer, load_reference_data
+
+    try:
+        loaded = load_model(checkpoint) if samples is None else None
+        with console.status("loading QM9 and building decoys"):
+            data = load_reference_data(qm9_path, density_molecules, seed=seed)
+        sample_smiles = None
+        if samples is not None:
+            sample_smiles = [s for chunk in read_molecules(samples, smiles_column=smiles_column) for s in chunk.smiles]
+    except (InputError, FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
+    started = time.perf_counter()
+    if samples is None:
+        with console.status("evaluating") as status:
+            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, log=status.update)
+        report["checkpoint"] = str(checkpoint or "bundled")
+    else:
+        with console.status(f"evaluating {len(sample_smiles):,} molecules of {samples}"):
+            report = {"samples_file": str(samples),
+                      "generation": generation_metrics(sample_smiles, data.test, set(data.train) | set(data.val))}
+    report["settings"] = {"n": n, "seed": seed, "density_molecules": density_molecules, "elbo_samples": elbo_samples}
+    report["molgen_version"] = __version__
+    report["seconds"] = time.perf_counter() - started
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    Console().print(_report_table(report), soft_wrap=True)
+
+
+def _report_table(report: dict) -> Table:
+    table = Table(title="molgen evaluate (QM9 test split)", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    generation = report["generation"]
+
+    def percent(value):
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    def number(value, digits=3):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    rows = [
+        ("samples", f"{generation['samples']:,}"),
+        ("validity without correction", percent(generation["validity_without_correction"])),
+        ("validity", percent(generation["validity"])),
+        ("uniqueness", percent(generation["uniqueness"])),
+        ("novelty", percent(generation["novelty"])),
+        ("FCD vs test", number(generation.get("fcd_test"))),
+        ("NSPDK MMD vs test", number(generation.get("nspdk_mmd_test"), 4)),
+        ("KL score (GuacaMol)", number((generation.get("kl_test") or {}).get("score"))),
+        ("internal diversity", number(generation["internal_diversity"])),
+    ]
+    density = report.get("density")
+    if density:
+        nll = density["nll_bound_test"]
+        knn = report["reference_knn_tanimoto"]
+        rows += [
+            ("NLL bound, test (nats)", f"{nll['mean']:.2f} ± {nll['stderr']:.2f}"),
+            ("Spearman(D, ELBO)", number(density["spearman_density_elbo"])),
+            ("  ELBO repeatability (ceiling)", number(density["elbo_repeatability_spearman"])),
+            ("AUROC log_density vs mutants", number(density["log_density"].get("auroc_vs_mutants"))),
+            ("  kNN-Tanimoto reference", number(knn.get("auroc_vs_mutants"))),
+            ("AUROC log_density vs drug-like", number(density["log_density"].get("auroc_vs_druglike"))),
+            ("  kNN-Tanimoto reference", number(knn.get("auroc_vs_druglike"))),
+            ("calibration: share below 5th percentile", percent(density["calibration_test"]["share_below_5th"])),
+            ("calibration: KS distance to uniform", number(density["calibration_test"]["ks_distance"])),
+        ]
+    rows.append(("time", f"{report['seconds']:.0f} s"))
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
 
 
 def _screen(
@@ -521,10 +611,16 @@ def export(
     checkpoint: Path = typer.Argument(..., help="A training checkpoint (RUN/checkpoint.pt)."),
     output: Path = typer.Option(..., "--output", "-o", help="Inference checkpoint to write."),
     half: bool = typer.Option(False, help="Store the weights as float16 (half the size)."),
+    evaluation: Optional[Path] = typer.Option(
+        None, help="A `molgen evaluate` report of this checkpoint: its headline figures go into the card."
+    ),
 ) -> None:
     """Write the inference part of a training checkpoint: EMA weights and the plain-value card."""
+    from molgen.evaluation.report import headline_figures
+
     try:
-        export_inference(checkpoint, output, half)
-    except (FileNotFoundError, ValueError) as error:
-        raise _fail(str(error), 2) from None
+        figures = headline_figures(json.loads(evaluation.read_text())) if evaluation else None
+        export_inference(checkpoint, output, half, evaluation=figures)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise _fail(f"{type(error).__name__}: {error}" if isinstance(error, KeyError) else str(error), 2) from None
     Console().print(f"{output}: {output.stat().st_size / 2**20:.1f} MiB", highlight=False)

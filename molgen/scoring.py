@@ -127,7 +127,7 @@ class Scorer:
             density[rows] = log_density(self.model, batch, dist, self.loaded.noise).cpu().numpy()
             if self.exact:
                 estimate, stderr = elbo(self.model, batch, dist, self.loaded.noise, self.size_log_probs,
-                                        self.exact_samples, generator)
+                                        self.exact_samples, generator, proposal=self.loaded.elbo_proposal)
                 estimates[rows] = -estimate.cpu().numpy()  # log P lower bound, in nats
                 errors[rows] = stderr.cpu().numpy()
         result = pd.DataFrame({"log_density": density}, index=index)

@@ -1,0 +1,123 @@
+"""Distilling the model's own ELBO into its density head, the backbone frozen.
+
+During training the density head regresses onto 8-level ELBO estimates of 16 molecules per batch:
+cheap, but on QM9 those targets carry more Monte-Carlo noise than the molecules differ (a few nats),
+so the head learns mostly the mean and the size. This pass fixes that after training:
+
+1. an importance proposal over noise levels (:func:`molgen.likelihood.importance_proposal`) from a
+   pilot batch, which cuts the ELBO's variance at equal cost;
+2. low-variance ELBO targets for many training molecules, and the final ``[CLS]`` states of the same
+   molecules at the clean end (what the density head reads);
+3. the head refit on those pairs by least squares (Adam), judged on held-out molecules against an
+   independent, higher-precision ELBO;
+4. the calibration quantiles recomputed with the new head on the held-out molecules.
+
+Only the head and the density offset change, so sampling (the score head) is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from molgen.evaluation.density import spearman
+from molgen.likelihood import elbo, importance_proposal
+from molgen.model import DiScoFormer
+from molgen.noise import NoiseProcess
+from molgen.tokenizer import GraphBatch
+
+
+@dataclass
+class DistillConfig:
+    molecules: int = 20_000  # training molecules whose ELBO becomes a target
+    elbo_samples: int = 16  # noise levels per target
+    check_molecules: int = 500  # held-out molecules to judge the fit on
+    check_samples: int = 64  # noise levels per held-out ELBO
+    pilot_molecules: int = 256  # molecules the importance proposal is estimated on
+    epochs: int = 300
+    lr: float = 1e-3
+    batch_size: int = 256
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+BatchOf = Callable[[np.ndarray], tuple[GraphBatch, torch.Tensor]]
+
+
+@torch.no_grad()
+def clean_states_and_elbo(
+    model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, rows: np.ndarray, size_log_probs: torch.Tensor,
+    samples: int, proposal: torch.Tensor | None, generator: torch.Generator, chunk: int = 500,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final [CLS] states at the clean end (M, d) and ELBO estimates (M,) for ``rows``."""
+    states, targets = [], []
+    for start in range(0, len(rows), chunk):
+        batch, dist = batch_of(rows[start : start + chunk])
+        x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types)
+        t = torch.zeros(batch.mask.shape[0])
+        output = model(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist,
+                       (x_atoms, x_bonds))
+        states.append(output.cls_state)
+        estimate, _ = elbo(model, batch, dist, noise, size_log_probs[dist], samples, generator, proposal=proposal)
+        targets.append(estimate)
+    return torch.cat(states), torch.cat(targets)
+
+
+def distill_density_head(
+    model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, train_rows: np.ndarray, check_rows: np.ndarray,
+    size_log_probs: torch.Tensor, config: DistillConfig, log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Refit ``model``'s density head in place; returns the proposal and before/after figures."""
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.eval()
+    pilot, pilot_dist = batch_of(rng.permutation(train_rows)[: config.pilot_molecules])
+    proposal = importance_proposal(model, pilot, pilot_dist, noise, generator=generator)
+    log("importance proposal estimated")
+    rows = rng.permutation(train_rows)[: config.molecules]
+    states, targets = clean_states_and_elbo(model, noise, batch_of, rows, size_log_probs, config.elbo_samples,
+                                            proposal, generator)
+    log(f"{len(rows):,} training targets ({config.elbo_samples} levels each)")
+    check_states, check_first = clean_states_and_elbo(model, noise, batch_of, check_rows, size_log_probs,
+                                                      config.check_samples, proposal, generator)
+    _, check_second = clean_states_and_elbo(model, noise, batch_of, check_rows, size_log_probs,
+                                            config.check_samples, proposal, generator)
+    with torch.no_grad():
+        before = spearman(model.density_of(check_states).numpy(), -check_first.numpy())
+
+    head = copy.deepcopy(model.density_head).requires_grad_(True)  # an EMA copy may have grads off
+    offset = float(-targets.mean())
+    scale = model.config.density_scale
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
+    order_generator = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.epochs):
+        order = torch.randperm(len(states), generator=order_generator)
+        for start in range(0, len(states), config.batch_size):
+            index = order[start : start + config.batch_size]
+            prediction = head(states[index]).squeeze(-1) * scale + offset
+            loss = ((prediction + targets[index]) ** 2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        model.density_head.load_state_dict(head.state_dict())
+        model.density_offset.fill_(offset)
+        after_values = model.density_of(check_states).numpy()
+    return {
+        "proposal": proposal.tolist(),
+        "config": config.to_dict(),
+        "check_molecules": int(len(check_rows)),
+        "spearman_density_elbo_before": before,
+        "spearman_density_elbo_after": spearman(after_values, -check_first.numpy()),
+        "check_elbo_repeatability": spearman(-check_first.numpy(), -check_second.numpy()),
+        "train_target_mean_nats": float(targets.mean()),
+        "check_rmse_nats": float(np.sqrt(np.mean((after_values + check_first.numpy()) ** 2))),
+    }

@@ -1,0 +1,2 @@
+"""Evaluation: generation metrics, the NSPDK kernel, density metrics, decoys, and the report that
+``molgen evaluate`` and ``benchmarks/run_all.py`` share (DESIGN section 8)."""

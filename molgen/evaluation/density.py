@@ -1,0 +1,53 @@
+"""Density metrics: AUROC between real molecules and decoys, calibration of density percentiles,
+rank agreement, and the NLL bound summary. Plain functions over arrays of scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties counting one half
+    (the Mann-Whitney statistic). Use -inf for a molecule a scorer rejects outright."""
+    positives, negatives = np.asarray(positives, dtype=float), np.asarray(negatives, dtype=float)
+    if len(positives) == 0 or len(negatives) == 0:
+        return float("nan")
+    if np.isnan(positives).any() or np.isnan(negatives).any():
+        raise ValueError("AUROC scores contain NaN: map rejected molecules to -inf first")
+    ranks = pd.Series(np.concatenate([positives, negatives])).rank(method="average").to_numpy()
+    u = ranks[: len(positives)].sum() - len(positives) * (len(positives) + 1) / 2
+    return float(u / (len(positives) * len(negatives)))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
+
+
+def calibration(percentiles: np.ndarray) -> dict:
+    """How uniformly held-out molecules spread over density percentiles (0-100), as they should if
+    the stored quantiles describe their distribution: the Kolmogorov-Smirnov distance to uniform,
+    the share under the default 5th-percentile cut (ideal 0.05), and the share per decile (ideal 0.1)."""
+    values = np.sort(np.asarray(percentiles, dtype=float)[~np.isnan(percentiles)] / 100.0)
+    n = len(values)
+    if n == 0:
+        return {"molecules": 0, "ks_distance": None, "share_below_5th": None, "deciles": None}
+    empirical_high = np.arange(1, n + 1) / n
+    empirical_low = np.arange(0, n) / n
+    ks = float(max(np.max(empirical_high - values), np.max(values - empirical_low)))
+    deciles = np.histogram(values, bins=np.linspace(0, 1, 11))[0] / n
+    return {"molecules": n, "ks_distance": ks, "share_below_5th": float((values < 0.05).mean()),
+            "deciles": [round(float(share), 4) for share in deciles]}
+
+
+def mean_with_stderr(values: np.ndarray, per_item_stderr: np.ndarray | None = None) -> dict:
+    """Mean over molecules with the standard error of that mean over the sampled molecules, and,
+    when given, the Monte-Carlo part from each molecule's own standard error."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return {"mean": float(values.mean()) if len(values) else None, "stderr": None, "molecules": int(len(values))}
+    out = {"mean": float(values.mean()), "stderr": float(values.std(ddof=1) / np.sqrt(len(values))),
+           "molecules": int(len(values))}
+    if per_item_stderr is not None:
+        out["monte_carlo_stderr"] = float(np.sqrt((np.asarray(per_item_stderr) ** 2).sum()) / len(values))
+    return out

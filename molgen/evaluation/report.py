@@ -1,0 +1,189 @@
+"""The evaluation report shared by ``molgen evaluate`` and ``benchmarks/run_all.py``: the QM9
+protocol of the published tables (10,000 samples against the test split) plus density metrics on
+test molecules and decoys, for the DiScoFormer and for any reference model in the same harness."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from molgen.baselines.knn import TanimotoKNN
+from molgen.checkpoint import LoadedModel
+from molgen.data import locate_qm9, prepare_dataset
+from molgen.evaluation.decoys import single_edit_mutants
+from molgen.evaluation.density import auroc, calibration, mean_with_stderr, spearman
+from molgen.evaluation.generation import generation_metrics
+from molgen.io import read_molecules
+from molgen.pipeline import GenerateOptions, sample_molecules
+from molgen.scoring import Scorer
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ReferenceData:
+    """Canonical SMILES of the QM9 splits, plus decoys built from them and from a drug-like file."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    density_test: list[str]  # the test molecules the density metrics use
+    mutants: list[str]  # single-edit mutants of ``density_test`` that are not in QM9
+    mutant_edits: dict[str, int]
+    druglike: list[str]  # drug-like molecules (MOSES test), empty when the file is absent
+    druglike_source: str | None
+
+
+def load_reference_data(
+    qm9_path: str | Path | None = None, density_molecules: int = 1000, druglike: str | Path | None = None,
+    seed: int = 0,
+) -> ReferenceData:
+    files = locate_qm9(qm9_path)
+    dataset, _ = prepare_dataset(files.csv, files.test_idx)
+    smiles = dataset.smiles.astype(str)
+    train, val, test = (smiles[dataset.indices(split)].tolist() for split in ("train", "val", "test"))
+    rng = np.random.default_rng(seed)
+    density_test = [test[i] for i in np.sort(rng.permutation(len(test))[:density_molecules])]
+    mutants = [m for m in single_edit_mutants(density_test, set(smiles.tolist()), seed=seed) if m is not None]
+    edits = {str(k): int(v) for k, v in pd.Series([m.edit for m in mutants], dtype=object).value_counts().items()}
+    druglike_path = Path(druglike) if druglike else files.csv.parent / "moses" / "test.csv.gz"
+    druglike_smiles: list[str] = []
+    if druglike_path.is_file():
+        for chunk in read_molecules(druglike_path, chunk_size=50_000):
+            druglike_smiles += [s for s in chunk.smiles if s]
+            break  # a 50,000-row prefix is plenty to sample from
+        druglike_smiles = [druglike_smiles[i] for i in np.sort(rng.permutation(len(druglike_smiles))[:density_molecules])]
+    return ReferenceData(
+        train, val, test, density_test, [m.smiles for m in mutants], edits,
+        druglike_smiles, str(druglike_path) if druglike_smiles else None,
+    )
+
+
+def _rejected_lowest(scores: np.ndarray) -> np.ndarray:
+    """Scores with NaN (a molecule the scorer cannot take) mapped to -inf: rejected outright."""
+    return np.where(np.isnan(scores), -np.inf, scores)
+
+
+def decoy_aurocs(score: Callable[[list[str]], np.ndarray], data: ReferenceData) -> dict:
+    """AUROC of a higher-is-more-likely ``score`` for test molecules against each decoy set, with the
+    share of each set the scorer could not take (scored as -inf)."""
+    test = score(data.density_test)
+    out = {"test_unscorable": float(np.isnan(test).mean())}
+    for name, decoys in (("mutants", data.mutants), ("druglike", data.druglike)):
+        if not decoys:
+            continue
+        values = score(decoys)
+        out[f"auroc_vs_{name}"] = auroc(_rejected_lowest(test), _rejected_lowest(values))
+        out[f"{name}_unscorable"] = float(np.isnan(values).mean())
+    return out
+
+
+def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: int = 64, seed: int = 0) -> dict:
+    """NLL bound on test molecules, Spearman(D, ELBO) beside the ELBO's own repeatability, decoy
+    AUROCs of D and of the ELBO, and calibration of density percentiles over the whole test split."""
+    exact = Scorer(loaded, exact=True, exact_samples=elbo_samples, seed=seed)
+    first = exact.score_smiles(data.density_test)
+    second = Scorer(loaded, exact=True, exact_samples=elbo_samples, seed=seed + 1).score_smiles(data.density_test)
+    nll = -first["elbo_nats"].to_numpy()
+    scorable = ~np.isnan(nll)  # all of QM9 for a QM9 model; a model of other data may reject some
+    plain = Scorer(loaded)
+    started = time.perf_counter()
+    whole_test = plain.score_smiles(data.test)
+    scoring_rate = len(data.test) / (time.perf_counter() - started)
+
+    def density(smiles: list[str]) -> np.ndarray:
+        return plain.score_smiles(smiles)["log_density"].to_numpy()
+
+    mutant_elbo = exact.score_smiles(data.mutants)["elbo_nats"].to_numpy()
+    return {
+        "elbo_samples": elbo_samples,
+        "nll_bound_test": mean_with_stderr(nll[scorable], first["elbo_stderr"].to_numpy()[scorable]),
+        "spearman_density_elbo": spearman(first["log_density"].to_numpy(), -nll),
+        "elbo_repeatability_spearman": spearman(-nll, second["elbo_nats"].to_numpy()),
+        "log_density": decoy_aurocs(density, data),
+        "elbo_auroc_vs_mutants": auroc(_rejected_lowest(-nll), _rejected_lowest(mutant_elbo)),
+        "calibration_test": calibration(whole_test["density_percentile"].to_numpy()),
+        "scoring_molecules_per_second_in_process": scoring_rate,
+    }
+
+
+def knn_reference(data: ReferenceData, k: int = 5) -> dict:
+    started = time.perf_counter()
+    knn = TanimotoKNN(data.train, k=k)
+    return {"k": k, **decoy_aurocs(knn.score, data), "seconds": time.perf_counter() - started}
+
+
+def evaluate_discoformer(
+    loaded: LoadedModel, data: ReferenceData, n: int = 10_000, seed: int = 0, elbo_samples: int = 64,
+    log: Log = lambda message: None,
+) -> dict:
+    """The full report of one checkpoint: generation metrics on ``n`` samples at default settings,
+    density metrics, and the kNN-Tanimoto reference on the same decoys."""
+    log(f"sampling {n:,} molecules")
+    started = time.perf_counter()
+    frame, _ = sample_molecules(loaded, GenerateOptions(n=n, seed=seed))
+    sampling_seconds = time.perf_counter() - started
+    log("generation metrics (FCD, NSPDK, KL)")
+    generation = generation_metrics(
+        frame["smiles"].tolist(), data.test, set(data.train) | set(data.val), frame["raw_valid"].tolist()
+    )
+    generation["sampling_molecules_per_second"] = n / sampling_seconds
+    log(f"density metrics ({len(data.density_test):,} test molecules, {elbo_samples} ELBO levels)")
+    density = discoformer_density(loaded, data, elbo_samples, seed)
+    log("kNN-Tanimoto reference")
+    return {
+        "model": model_card(loaded),
+        "generation": generation,
+        "density": density,
+        "reference_knn_tanimoto": knn_reference(data),
+        "decoys": decoy_summary(data),
+    }
+
+
+def decoy_summary(data: ReferenceData) -> dict:
+    return {"test_molecules": len(data.density_test), "mutants": len(data.mutants),
+            "mutant_edits": data.mutant_edits, "druglike": len(data.druglike),
+            "druglike_source": data.druglike_source}
+
+
+def floor_reference(data: ReferenceData, n: int = 10_000, seed: int = 0) -> dict:
+    """``n`` random training molecules scored as if generated: what a perfect generator reaches."""
+    rng = np.random.default_rng(seed)
+    sample = [data.train[i] for i in rng.permutation(len(data.train))[:n]]
+    return generation_metrics(sample, data.test, set(data.train) | set(data.val))
+
+
+def model_card(loaded: LoadedModel) -> dict:
+    meta = loaded.meta
+    return {
+        "parameters": meta.get("parameters"),
+        "training_seconds": meta.get("training_seconds"),
+        "epochs": meta.get("epochs_done"),
+        "distributions": loaded.distributions,
+        "data_fingerprints": meta.get("data_fingerprints"),
+    }
+
+
+def headline_figures(report: dict) -> dict:
+    """The figures a checkpoint's card carries, as plain values, from a ``molgen evaluate`` report."""
+    generation, density = report["generation"], report["density"]
+    return {
+        "evaluated_samples": generation["samples"],
+        "validity_without_correction": generation["validity_without_correction"],
+        "uniqueness": generation["uniqueness"],
+        "novelty": generation["novelty"],
+        "fcd_test": generation["fcd_test"],
+        "nspdk_mmd_test": generation["nspdk_mmd_test"],
+        "kl_score_test": (generation.get("kl_test") or {}).get("score"),
+        "nll_bound_test_nats": density["nll_bound_test"]["mean"],
+        "spearman_density_elbo": density["spearman_density_elbo"],
+        "auroc_vs_mutants": density["log_density"].get("auroc_vs_mutants"),
+        "auroc_vs_mutants_knn_tanimoto": report["reference_knn_tanimoto"].get("auroc_vs_mutants"),
+        "share_below_5th_percentile_test": density["calibration_test"]["share_below_5th"],
+        "sampling_molecules_per_second": generation.get("sampling_molecules_per_second"),
+    }

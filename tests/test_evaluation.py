@@ -1,0 +1,159 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import shared_file
+from rdkit import Chem
+from typer.testing import CliRunner
+
+from molgen.baselines.knn import TanimotoKNN
+from molgen.cli import app
+from molgen.evaluation.decoys import single_edit_mutants
+from molgen.evaluation.density import auroc, calibration, spearman
+from molgen.evaluation.generation import (
+    canonicalize,
+    fcd,
+    internal_diversity,
+    kl_benchmark,
+    novelty,
+    uniqueness,
+    validity,
+)
+from molgen.evaluation.nspdk import nspdk_features, nspdk_kernel, nspdk_mmd
+
+SMALL = ["CCO", "CC(=O)O", "c1ccccc1", "CCN", "C1CCCCC1", "CC#N", "OC1CCOC1", "CC(C)O", "NC(=O)N", "C1=CC=CN1",
+         "CCOC", "CC(=O)C", "OCC(O)CO", "C1CC1", "CN(C)C", "O=CC=O", "CC=CC", "N#CC#N", "FC(F)F", "CCCCO"]
+ALKANES = ["C" * k for k in range(1, 10)]
+
+
+def mols(smiles):
+    return [Chem.MolFromSmiles(s) for s in smiles]
+
+
+def test_validity_uniqueness_and_novelty_have_exact_values_on_a_duplicate_laden_list():
+    samples = ["CCO", "OCC", "C(O)C", "C", "C1CC", None, "CC"]
+    canonical = canonicalize(samples)
+    assert validity(samples) == pytest.approx(5 / 7)
+    assert uniqueness(canonical) == pytest.approx(3 / 5)  # CCO three times, C, CC
+    assert novelty(canonical, {"CCO"}) == pytest.approx(2 / 3)
+
+
+def test_fcd_of_identical_sets_is_about_zero_and_of_different_sets_is_not():
+    assert abs(fcd(SMALL, SMALL)) < 1e-3
+    assert fcd(SMALL, ALKANES + ["CCCCCCCCCC"] * 5) > 5
+
+
+def test_nspdk_mmd_is_zero_for_identical_sets_and_the_kernel_is_normalised_and_order_invariant():
+    assert nspdk_mmd(mols(SMALL), mols(SMALL)) == pytest.approx(0.0, abs=1e-12)
+    assert nspdk_mmd(mols(SMALL), mols(ALKANES)) > 0.05
+    ethanol = Chem.MolFromSmiles("CCO")
+    assert nspdk_kernel(ethanol, ethanol) == pytest.approx(1.0)
+    shuffled = Chem.MolFromSmiles("OC1CCOC1")
+    renumbered = Chem.RenumberAtoms(shuffled, list(reversed(range(shuffled.GetNumAtoms()))))
+    assert nspdk_features(shuffled) == pytest.approx(nspdk_features(renumbered))
+    assert 0 < nspdk_kernel(Chem.MolFromSmiles("CCO"), Chem.MolFromSmiles("CCN")) < 1
+
+
+def test_kl_benchmark_scores_one_for_identical_sets_and_less_for_shifted_ones():
+    same = kl_benchmark(mols(SMALL), mols(SMALL))
+    assert same["score"] == pytest.approx(1.0, abs=1e-6)
+    assert kl_benchmark(mols(SMALL), mols(ALKANES))["score"] < 0.6
+
+
+def test_internal_diversity_is_zero_for_copies_and_high_for_unrelated_molecules():
+    assert internal_diversity(mols(["CCO"] * 5)) == pytest.approx(0.0)
+    assert internal_diversity(mols(SMALL)) > 0.7
+
+
+def test_auroc_on_known_cases():
+    assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert auroc(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.5
+    assert auroc(np.array([0.0]), np.array([-np.inf, 1.0])) == 0.5
+    with pytest.raises(ValueError, match="NaN"):
+        auroc(np.array([np.nan]), np.array([1.0]))
+    assert spearman(np.arange(5), np.arange(5) ** 3) == pytest.approx(1.0)
+
+
+def test_calibration_of_uniform_percentiles_is_near_perfect_and_of_a_spike_is_not():
+    uniform = calibration(np.random.default_rng(0).uniform(0, 100, 20_000))
+    assert uniform["ks_distance"] < 0.02 and uniform["share_below_5th"] == pytest.approx(0.05, abs=0.01)
+    assert sum(uniform["deciles"]) == pytest.approx(1.0, abs=1e-3)
+    spike = calibration(np.full(100, 50.0))
+    assert spike["ks_distance"] == pytest.approx(0.5) and spike["share_below_5th"] == 0.0
+
+
+def test_single_edit_mutants_are_valid_new_connected_and_reproducible():
+    parents = ["CCO", "c1ccccc1", "CC(=O)N", "C1CC1", "OCC#N", "CCCCCCCCC"]
+    exclude = set(canonicalize(parents)) | {"CCN", "CC=O"}
+    first = single_edit_mutants(parents, exclude, seed=3)
+    assert first == single_edit_mutants(parents, exclude, seed=3)
+    found = [m for m in first if m is not None]
+    assert len(found) >= 5
+    for mutant in found:
+        mol = Chem.MolFromSmiles(mutant.smiles)
+        assert mol is not None and len(Chem.GetMolFrags(mol)) == 1 and mol.GetNumAtoms() <= 9
+        assert mutant.smiles not in exclude and mutant.smiles != mutant.parent
+        assert {a.GetSymbol() for a in mol.GetAtoms()} <= {"C", "N", "O", "F"}
+    assert len({m.smiles for m in found}) == len(found)
+
+
+def test_knn_tanimoto_scores_training_molecules_highest_and_marks_bad_smiles():
+    knn = TanimotoKNN(SMALL, k=1)
+    scores = knn.score(["CCO", "CCCCCCCCCCCCCCCCCCCCC", "not a smiles"])
+    assert scores[0] == pytest.approx(1.0)
+    assert scores[1] < 0.5
+    assert np.isnan(scores[2])
+    with pytest.raises(ValueError, match="at least k"):
+        TanimotoKNN(["CCO"], k=5)
+
+
+def _stand_in_qm9(folder):
+    qm9 = pd.read_csv(shared_file("qm9.csv"))
+    rows = pd.concat([qm9.iloc[5000:5180], qm9[qm9["smiles"].str.contains(r"\+|-")].head(20)])
+    folder.mkdir()
+    rows.to_csv(folder / "qm9.csv", index=False)
+    (folder / "qm9_test_idx.json").write_text(json.dumps({"test_idx": list(range(0, 200, 5))}))
+    return folder
+
+
+def test_cli_evaluate_writes_a_complete_report_for_a_checkpoint(tiny_checkpoint, tmp_path):
+    qm9 = _stand_in_qm9(tmp_path / "qm9")
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(app, [
+        "evaluate", "--checkpoint", str(tiny_checkpoint), "--qm9-path", str(qm9), "-n", "24",
+        "--density-molecules", "20", "--elbo-samples", "2", "-o", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    generation, density = report["generation"], report["density"]
+    assert generation["samples"] == 24 and generation["validity"] == 1.0
+    assert 0 <= generation["validity_without_correction"] <= 1
+    for key in ("fcd_test", "nspdk_mmd_test", "internal_diversity", "novelty", "uniqueness"):
+        assert np.isfinite(generation[key]), key
+    assert 0 <= density["log_density"]["auroc_vs_mutants"] <= 1
+    assert 0 <= report["reference_knn_tanimoto"]["auroc_vs_mutants"] <= 1
+    assert np.isfinite(density["nll_bound_test"]["mean"])
+    assert density["calibration_test"]["molecules"] > 0
+    assert "Spearman(D, ELBO)" in result.output and "FCD vs test" in result.output
+
+
+def test_cli_evaluate_scores_another_models_samples_and_counts_bad_rows(tmp_path):
+    qm9 = _stand_in_qm9(tmp_path / "qm9")
+    samples = tmp_path / "samples.csv"
+    pd.DataFrame({"smiles": ["CCO", "CCO", "C1CC", "", "CC(=O)N", "OCC#N"]}).to_csv(samples, index=False)
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(app, ["evaluate", "--samples", str(samples), "--qm9-path", str(qm9), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    generation = json.loads(out.read_text())["generation"]
+    assert generation["samples"] == 6
+    assert generation["validity"] == pytest.approx(4 / 6) and generation["uniqueness"] == pytest.approx(3 / 4)
+
+
+def test_cli_evaluate_reports_a_missing_samples_file_cleanly(tmp_path):
+    qm9 = _stand_in_qm9(tmp_path / "qm9")
+    result = CliRunner().invoke(app, ["evaluate", "--samples", str(tmp_path / "nope.csv"), "--qm9-path", str(qm9),
+                                      "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "Traceback" not in result.output
