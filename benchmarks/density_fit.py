@@ -45,7 +45,7 @@ def main() -> None:
         dist = torch.zeros(batch.mask.shape[0], dtype=torch.long)
         for seed, store in ((start, first), (10**6 + start, second)):
             estimate, stderr = elbo(loaded.model, batch, dist, loaded.noise, size_log_probs, args.samples,
-                                    torch.Generator().manual_seed(seed))
+                                    torch.Generator().manual_seed(seed), proposal=loaded.elbo_proposal)
             store.append(estimate.numpy())
             if store is first:
                 errors.append(stderr.numpy())

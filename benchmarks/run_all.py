@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--density-molecules", type=int, default=1000)
-    parser.add_argument("--elbo-samples", type=int, default=64)
+    parser.add_argument("--elbo-samples", type=int, default=256)
     parser.add_argument("--only", default=",".join(PARTS), help="Comma-separated parts to (re)run.")
     parser.add_argument("--lm-epochs", type=int, default=10)
     parser.add_argument("--lm-max-minutes", type=float, default=35.0)

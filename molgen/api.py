@@ -27,6 +27,12 @@ class Model:
     def vocab(self):
         return self.loaded.vocab
 
+    @property
+    def card(self) -> dict:
+        """What ``molgen info`` prints: training facts, validation metrics, benchmark figures."""
+        return {"distributions": self.loaded.distributions, "meta": self.loaded.meta,
+                "metrics": self.loaded.metrics, "evaluation": self.loaded.evaluation or {}}
+
     def generate(
         self,
         n: int = 1000,

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from molgen.checkpoint import read_checkpoint, save_checkpoint
 from molgen.evaluation.density import spearman
-from molgen.likelihood import elbo, importance_proposal
-from molgen.model import DiScoFormer
+from molgen.likelihood import elbo, importance_proposal, log_density
+from molgen.model import DiScoConfig, DiScoFormer
 from molgen.noise import NoiseProcess
 from molgen.tokenizer import GraphBatch
+from molgen.train import CALIBRATION_QUANTILES, TrainingData
 
 
 @dataclass
@@ -121,3 +124,37 @@ def distill_density_head(
         "train_target_mean_nats": float(targets.mean()),
         "check_rmse_nats": float(np.sqrt(np.mean((after_values + check_first.numpy()) ** 2))),
     }
+
+
+def distill_checkpoint(
+    source: str | Path, data: TrainingData, config: DistillConfig, output: str | Path | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Distil the ELBO into the EMA density head of the training checkpoint ``source`` (trained on
+    ``data``), recompute its calibration quantiles on all held-out molecules, store the importance
+    proposal for later ELBOs, and write the result to ``output`` (default: in place, atomically)."""
+    payload = read_checkpoint(source)
+    if payload["meta"]["data_fingerprints"] != data.fingerprints:
+        raise ValueError("the checkpoint was trained on other data (fingerprints differ)")
+    model = DiScoFormer(DiScoConfig.from_dict(payload["model_config"]))
+    model.load_state_dict(payload["ema"])
+    noise = NoiseProcess.from_dict(payload["noise"])
+    size_log_probs = torch.log(torch.tensor(payload["size_distributions"], dtype=torch.float32) + 1e-12)
+    held_out = data.indices("val") if len(data.indices("val")) else data.indices("test")
+    check = np.random.default_rng(config.seed + 1).permutation(held_out)[: config.check_molecules]
+    report = distill_density_head(model, noise, data.batch, data.indices("train"), check, size_log_probs, config, log)
+    densities: dict[int, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for start in range(0, len(held_out), 500):
+            batch, dist = data.batch(held_out[start : start + 500])
+            density = log_density(model, batch, dist, noise).numpy()
+            for index in np.unique(dist.numpy()):
+                densities.setdefault(int(index), []).append(density[dist.numpy() == index])
+    levels = np.linspace(0, 1, CALIBRATION_QUANTILES)
+    payload["calibration"] = {data.names[index]: np.quantile(np.concatenate(parts), levels).tolist()
+                              for index, parts in densities.items()}
+    payload["ema"] = model.state_dict()
+    payload["elbo_proposal"] = report["proposal"]
+    payload["meta"]["distillation"] = {key: value for key, value in report.items() if key != "proposal"}
+    save_checkpoint(payload, output or source)
+    return report

@@ -107,3 +107,28 @@ def test_export_keeps_outputs_and_info_prints_the_card(tiny_checkpoint, tmp_path
     assert card.exit_code == 0
     for label in ("distributions", "parameters", "training", "val_elbo_nats", "spearman_density_elbo"):
         assert label in card.output
+
+
+def test_export_carries_evaluation_figures_into_the_card(tiny_checkpoint, tmp_path):
+    import json
+
+    report = {
+        "generation": {"samples": 10000, "validity_without_correction": 0.9, "uniqueness": 0.99, "novelty": 0.5,
+                       "fcd_test": 0.4, "nspdk_mmd_test": 0.001, "kl_test": {"score": 0.95},
+                       "sampling_molecules_per_second": 40.0},
+        "density": {"nll_bound_test": {"mean": 17.0}, "spearman_density_elbo": 0.8,
+                    "log_density": {"auroc_vs_mutants": 0.6}, "calibration_test": {"share_below_5th": 0.05}},
+        "reference_knn_tanimoto": {"auroc_vs_mutants": 0.9},
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    slim = tmp_path / "slim.pt"
+    result = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-o", str(slim),
+                                      "--evaluation", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    assert molgen.load(slim).card["evaluation"]["fcd_test"] == 0.4
+    card = CliRunner().invoke(app, ["info", "--checkpoint", str(slim)])
+    assert "fcd_test" in card.output and "auroc_vs_mutants_knn_tanimoto" in card.output
+    (tmp_path / "partial.json").write_text(json.dumps({"generation": {}}))
+    bad = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-o", str(slim),
+                                   "--evaluation", str(tmp_path / "partial.json")])
+    assert bad.exit_code == 2 and "KeyError" in bad.output

@@ -126,5 +126,20 @@ def test_train_cli_end_to_end(tmp_path):
         assert key in records[-1]
     loaded = load_model(out / "checkpoint.pt")
     assert loaded.distributions == ["mols"] and len(loaded.calibration["mols"]) == 101
+    assert loaded.elbo_proposal is None
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--device", "cuda:7"])
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
+
+    distilled = out / "distilled.pt"
+    result = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "-o", str(distilled),
+                                      "--molecules", "50", "--elbo-samples", "2", "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert "Spearman(D, ELBO)" in result.output
+    refit = load_model(distilled)
+    assert refit.elbo_proposal is not None and len(refit.elbo_proposal) == 32
+    assert refit.calibration["mols"] != loaded.calibration["mols"]
+    assert refit.meta["distillation"]["config"]["molecules"] == 50
+    other = tmp_path / "other.csv"
+    pd.read_csv(shared_file("qm9.csv")).iloc[300:400].to_csv(other, index=False)
+    mismatch = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(other)])
+    assert mismatch.exit_code == 2 and "other data" in mismatch.output

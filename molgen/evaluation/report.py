@@ -83,7 +83,7 @@ def decoy_aurocs(score: Callable[[list[str]], np.ndarray], data: ReferenceData) 
     return out
 
 
-def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: int = 64, seed: int = 0) -> dict:
+def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: int = 256, seed: int = 0) -> dict:
     """NLL bound on test molecules, Spearman(D, ELBO) beside the ELBO's own repeatability, decoy
     AUROCs of D and of the ELBO, and calibration of density percentiles over the whole test split."""
     exact = Scorer(loaded, exact=True, exact_samples=elbo_samples, seed=seed)
@@ -119,7 +119,7 @@ def knn_reference(data: ReferenceData, k: int = 5) -> dict:
 
 
 def evaluate_discoformer(
-    loaded: LoadedModel, data: ReferenceData, n: int = 10_000, seed: int = 0, elbo_samples: int = 64,
+    loaded: LoadedModel, data: ReferenceData, n: int = 10_000, seed: int = 0, elbo_samples: int = 256,
     log: Log = lambda message: None,
 ) -> dict:
     """The full report of one checkpoint: generation metrics on ``n`` samples at default settings,
