@@ -6,8 +6,9 @@ so the head learns mostly the mean and the size. This pass fixes that after trai
 
 1. an importance proposal over noise levels (:func:`molgen.likelihood.importance_proposal`) from a
    pilot batch, which cuts the ELBO's variance at equal cost;
-2. low-variance ELBO targets for many training molecules, and the final ``[CLS]`` states of the same
-   molecules at the clean end (what the density head reads);
+2. low-variance ELBO targets for many training molecules and some single-edit mutants of them (so
+   the head also learns what the model thinks just off the data), with the final ``[CLS]`` states
+   of the same molecules at the clean end (what the density head reads);
 3. the head refit on those pairs by least squares (Adam), judged on held-out molecules against an
    independent, higher-precision ELBO;
 4. the calibration quantiles recomputed with the new head on the held-out molecules.
@@ -26,21 +27,24 @@ import numpy as np
 import torch
 
 from molgen.checkpoint import read_checkpoint, save_checkpoint
+from molgen.evaluation.decoys import single_edit_mutants
 from molgen.evaluation.density import spearman
 from molgen.likelihood import elbo, importance_proposal, log_density
 from molgen.model import DiScoConfig, DiScoFormer
 from molgen.noise import NoiseProcess
-from molgen.tokenizer import GraphBatch
+from molgen.scoring import encode_smiles
+from molgen.tokenizer import GraphBatch, batch_from_arrays
 from molgen.train import CALIBRATION_QUANTILES, TrainingData
 
 
 @dataclass
 class DistillConfig:
-    molecules: int = 20_000  # training molecules whose ELBO becomes a target
+    molecules: int = 20_000  # targets in all: training molecules and mutants of them
     elbo_samples: int = 16  # noise levels per target
     check_molecules: int = 500  # held-out molecules to judge the fit on
     check_samples: int = 64  # noise levels per held-out ELBO
     pilot_molecules: int = 256  # molecules the importance proposal is estimated on
+    mutant_share: float = 0.25  # share of targets that are single-edit mutants of training molecules
     epochs: int = 300
     lr: float = 1e-3
     batch_size: int = 256
@@ -73,17 +77,18 @@ def clean_states_and_elbo(
 
 
 def distill_density_head(
-    model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, train_rows: np.ndarray, check_rows: np.ndarray,
+    model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, target_rows: np.ndarray, check_rows: np.ndarray,
     size_log_probs: torch.Tensor, config: DistillConfig, log: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Refit ``model``'s density head in place; returns the proposal and before/after figures."""
-    rng = np.random.default_rng(config.seed)
+    """Refit ``model``'s density head in place on the ELBOs of ``target_rows`` (the proposal is
+    estimated on the first ``pilot_molecules`` of them); returns the proposal and before/after
+    figures on ``check_rows``."""
     generator = torch.Generator().manual_seed(config.seed)
     model.eval()
-    pilot, pilot_dist = batch_of(rng.permutation(train_rows)[: config.pilot_molecules])
+    pilot, pilot_dist = batch_of(target_rows[: config.pilot_molecules])
     proposal = importance_proposal(model, pilot, pilot_dist, noise, generator=generator)
     log("importance proposal estimated")
-    rows = rng.permutation(train_rows)[: config.molecules]
+    rows = target_rows
     states, targets = clean_states_and_elbo(model, noise, batch_of, rows, size_log_probs, config.elbo_samples,
                                             proposal, generator)
     log(f"{len(rows):,} training targets ({config.elbo_samples} levels each)")
@@ -126,6 +131,30 @@ def distill_density_head(
     }
 
 
+def with_mutants(data: TrainingData, count: int, seed: int) -> tuple[BatchOf, np.ndarray]:
+    """A batch source over ``data`` plus up to ``count`` single-edit mutants of training molecules
+    (each tagged with its parent's distribution), and the rows of the mutants in it. The mutants carry no label, only their own ELBO as target: they teach the head
+    what the model thinks of molecules just off the data, where users' candidates often lie."""
+    rng = np.random.default_rng(seed)
+    train = data.indices("train")
+    parents = rng.permutation(train)[: 2 * count] if count else np.array([], dtype=np.int64)
+    elements = tuple(sorted({symbol for symbol, charge in data.vocab.atom_types if charge == 0}))
+    found = single_edit_mutants([str(s) for s in data.smiles[parents]], set(map(str, data.smiles)), seed=seed,
+                                elements=elements, max_atoms=data.vocab.max_atoms)
+    keep = [(row, mutant.smiles) for row, mutant in zip(parents, found) if mutant is not None]
+    encoded = encode_smiles([smiles for _, smiles in keep], [None] * len(keep), data.vocab.to_dict())
+    chosen = encoded.positions[:count]
+    atoms = np.concatenate([data.atoms, encoded.atoms[:count]])
+    bonds = np.concatenate([data.bonds, encoded.bonds[:count]])
+    sizes = np.concatenate([data.sizes, encoded.sizes[:count]])
+    dist = np.concatenate([data.dist, data.dist[[keep[i][0] for i in chosen]]]).astype(np.int64)
+
+    def batch_of(rows: np.ndarray) -> tuple[GraphBatch, torch.Tensor]:
+        return batch_from_arrays(atoms[rows], bonds[rows], sizes[rows]), torch.from_numpy(dist[rows])
+
+    return batch_of, len(data.sizes) + np.arange(len(chosen))
+
+
 def distill_checkpoint(
     source: str | Path, data: TrainingData, config: DistillConfig, output: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
@@ -142,7 +171,12 @@ def distill_checkpoint(
     size_log_probs = torch.log(torch.tensor(payload["size_distributions"], dtype=torch.float32) + 1e-12)
     held_out = data.indices("val") if len(data.indices("val")) else data.indices("test")
     check = np.random.default_rng(config.seed + 1).permutation(held_out)[: config.check_molecules]
-    report = distill_density_head(model, noise, data.batch, data.indices("train"), check, size_log_probs, config, log)
+    batch_of, mutant_rows = with_mutants(data, int(config.mutant_share * config.molecules), config.seed)
+    log(f"{len(mutant_rows):,} single-edit mutants of training molecules added to the targets")
+    real_rows = np.random.default_rng(config.seed).permutation(data.indices("train"))
+    target_rows = np.concatenate([real_rows[: config.molecules - len(mutant_rows)], mutant_rows])
+    report = distill_density_head(model, noise, batch_of, target_rows, check, size_log_probs, config, log)
+    report["mutant_targets"] = int(len(mutant_rows))
     densities: dict[int, list[np.ndarray]] = {}
     with torch.no_grad():
         for start in range(0, len(held_out), 500):

@@ -15,7 +15,7 @@ def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     config = DistillConfig(molecules=80, elbo_samples=4, check_molecules=20, check_samples=4, pilot_molecules=32,
                            epochs=20)
-    report = distill_density_head(model, trainer.noise, data.batch, data.indices("train"),
+    report = distill_density_head(model, trainer.noise, data.batch, data.indices("train")[:80],
                                   data.indices("val")[:20], trainer.size_log_probs, config)
     after = model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
@@ -25,3 +25,18 @@ def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path)
         assert np.isfinite(report[key]), key
     # The refit head predicts the ELBO's scale: its mean sits on the targets' mean.
     assert abs(float(model.density_offset) + report["train_target_mean_nats"]) < 1e-4
+
+
+def test_mutant_targets_are_new_encodable_molecules_with_their_parents_distribution(tmp_path):
+    from molgen.distill import with_mutants
+
+    data = qm9_subset(tmp_path, 120, val_fraction=0.25)
+    batch_of, rows = with_mutants(data, 30, seed=0)
+    count = len(rows)
+    assert 20 <= count <= 30 and rows.min() == len(data.sizes)
+    train = data.indices("train")
+    batch, dist = batch_of(rows)
+    assert batch.mask.shape == (count, data.vocab.max_atoms) and (dist == 0).all()
+    assert (batch.mask.sum(1) >= 1).all()
+    known = {tuple(a) for a in data.atoms[train]}
+    assert any(tuple(a) not in known for a in batch.atoms.numpy())  # not copies of training molecules
