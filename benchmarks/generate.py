@@ -22,13 +22,14 @@ import torch
 from _common import SHARED_DATA, median_rate, write_results
 
 from molgen.checkpoint import load_model
+from molgen.evaluation.generation import canonicalize, fcd
 from molgen.pipeline import GenerateOptions, generate, sample_molecules
 
 
 def fcd_score(smiles_a: list[str], smiles_b: list[str]) -> float:
-    from fcd import get_fcd, load_ref_model
-
-    return float(get_fcd(smiles_a, smiles_b, load_ref_model()))
+    """FCD with both sides as RDKit canonical SMILES (the published protocol): ChemNet reads the
+    string, so a Kekulé test set against aromatic samples would measure spelling, not chemistry."""
+    return fcd(*([s for s in canonicalize(side) if s is not None] for side in (smiles_a, smiles_b)))
 
 
 def main() -> None:

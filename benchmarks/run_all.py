@@ -96,8 +96,9 @@ def write_benchmarks_md(parts: dict) -> None:
         "| model | " + " | ".join(c[0] for c in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
-    names = {"discoformer": "DiScoFormer (this repo, {params} parameters, {minutes:.0f} CPU-min)",
-             "smiles_lm": "SMILES Transformer reference (this repo, {params} parameters, {minutes:.0f} CPU-min)",
+    names = {"discoformer": "DiScoFormer (this repo, {params} parameters, {epochs} epochs, {minutes:.0f} CPU-min)",
+             "smiles_lm": "SMILES Transformer reference (this repo, {params} parameters, {epochs} epochs, "
+                          "{minutes:.0f} CPU-min)",
              "floor": "floor: 10,000 random training molecules"}
     for part in ("discoformer", "smiles_lm", "floor"):
         if part not in parts:
@@ -106,13 +107,15 @@ def write_benchmarks_md(parts: dict) -> None:
         generation = dict(result["generation"])
         generation["kl_score"] = (generation.get("kl_test") or {}).get("score")
         model = result.get("model", {})
-        label = names[part].format(params=f"{model.get('parameters') or 0:,}",
+        label = names[part].format(params=f"{model.get('parameters') or 0:,}", epochs=round(model.get("epochs") or 0),
                                    minutes=(model.get("training_seconds") or 0) / 60)
         lines.append(f"| {label} | " + " | ".join(fmt(generation.get(key), kind) for _, key, kind in columns) + " |")
     for row in PUBLISHED:
         lines.append(f"| {row['model']} | " + " | ".join(fmt(row.get(key), kind) for _, key, kind in columns) + " |")
     lines += ["", "Published rows are quoted, not rerun; their NSPDK comes from EDeN's hashing, ours from",
-              "`molgen/evaluation/nspdk.py` (same kernel, different hash), so compare magnitudes only.", ""]
+              "`molgen/evaluation/nspdk.py` (same kernel, different hash), so compare magnitudes only. FCD",
+              "reads both sets as RDKit canonical SMILES (as GDSS does); the KL score compares equal-sized sets.",
+              "Training budgets are in the model column: the references never got more than the DiScoFormer.", ""]
 
     if "discoformer" in parts:
         density = parts["discoformer"]["density"]
@@ -143,9 +146,10 @@ def write_benchmarks_md(parts: dict) -> None:
             f"| kNN-Tanimoto to train (k={knn['k']}) | – | {fmt(knn.get('auroc_vs_mutants'), '3')} | "
             f"{fmt(knn.get('auroc_vs_druglike'), '3')} |",
             "",
-            f"Spearman(density head, ELBO) on these test molecules: {fmt(density['spearman_density_elbo'], '3')}; two",
-            f"independent ELBO estimates agree to {fmt(density['elbo_repeatability_spearman'], '3')} (the ceiling at this",
-            "Monte-Carlo precision). Calibration of `density_percentile` over all 13,082 test molecules: "
+            f"Spearman(density head, ELBO) on these test molecules: {fmt(density['spearman_density_elbo'], '3')}. Two",
+            f"independent ELBO estimates agree to {fmt(density['elbo_repeatability_spearman'], '3')}, so a density head",
+            f"equal to the exact ELBO would reach about {fmt(density['elbo_repeatability_spearman'] ** 0.5, '2')} against",
+            "one estimate. Calibration of `density_percentile` over all 13,082 test molecules: "
             f"{fmt(density['calibration_test']['share_below_5th'], 'percent')} fall below the 5th percentile (ideal 5%),",
             f"Kolmogorov-Smirnov distance to uniform {fmt(density['calibration_test']['ks_distance'], '3')}.",
             "",

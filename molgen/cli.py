@@ -451,9 +451,15 @@ def info(
     for key in ("val_elbo_nats", "val_elbo_stderr", "spearman_density_elbo", "val_molecules"):
         if key in metrics:
             value = metrics[key]
-            rows.append((key, f"{value:.3f}" if isinstance(value, float) else str(value)))
+            rows.append((f"last epoch: {key}", f"{value:.3f}" if isinstance(value, float) else str(value)))
+    distillation = meta.get("distillation")
+    if distillation:
+        rows.append(("distillation: Spearman(D, ELBO)",
+                     f"{distillation['spearman_density_elbo_before']:.3f} -> "
+                     f"{distillation['spearman_density_elbo_after']:.3f} on {distillation['check_molecules']} "
+                     f"held-out molecules"))
     for label, value in (loaded.evaluation or {}).items():
-        rows.append((label, f"{value:.4g}" if isinstance(value, float) else str(value)))
+        rows.append((f"evaluate: {label}", f"{value:.4g}" if isinstance(value, float) else str(value)))
     for label, value in rows:
         table.add_row(label, value)
     Console().print(table)
