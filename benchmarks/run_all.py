@@ -25,9 +25,15 @@ from _common import REPO, RESULTS, SHARED_DATA, machine
 
 from molgen.baselines.smiles_lm import SmilesLMConfig, build_vocabulary, train_smiles_lm, training_record
 from molgen.checkpoint import load_model
-from molgen.evaluation.density import auroc, mean_with_stderr
+from molgen.evaluation.density import mean_with_stderr
 from molgen.evaluation.generation import generation_metrics
-from molgen.evaluation.report import decoy_aurocs, evaluate_discoformer, floor_reference, load_reference_data
+from molgen.evaluation.report import (
+    decoy_aurocs,
+    decoy_sets,
+    evaluate_discoformer,
+    floor_reference,
+    load_reference_data,
+)
 
 PARTS = ("discoformer", "floor", "smiles_lm")
 LM_CHECKPOINT = REPO / "runs" / "smiles_lm.pt"
@@ -53,15 +59,16 @@ def smiles_lm_part(data, n: int, seed: int, epochs: int, max_minutes: float) -> 
     generation = generation_metrics(samples, data.test, set(data.train) | set(data.val))
     generation["sampling_molecules_per_second"] = n / sampling_seconds
     nll = model.nll(data.density_test)
-    mutant_nll = model.nll(data.mutants)
+    decoys = {name: -model.nll(smiles) for name, smiles in decoy_sets(data).items()}
+    log_likelihood = decoy_aurocs(-nll, decoys)
     return {
         "model": {"parameters": model.num_parameters(), "epochs": record["epoch"],
                   "training_seconds": record["elapsed"], "history": record["history"]},
         "generation": generation,
         "density": {
             "nll_test": mean_with_stderr(nll[~np.isnan(nll)]),
-            "log_likelihood": decoy_aurocs(lambda smiles: -model.nll(smiles), data),
-            "nll_auroc_vs_mutants": auroc(-nll, -mutant_nll),
+            "log_likelihood": log_likelihood,
+            "nll_auroc_vs_mutants": log_likelihood["auroc_vs_mutants"],
         },
     }
 

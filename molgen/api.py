@@ -11,7 +11,7 @@ from molgen.checkpoint import LoadedModel, load_model
 from molgen.checks import CheckConfig, append_results, run_checks
 from molgen.pipeline import GenerateOptions, generate
 from molgen.sampler import SamplerSettings
-from molgen.scoring import Scorer
+from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer
 from molgen.screen import FilterSpec, filter_columns
 
 
@@ -94,7 +94,7 @@ def filter_frame(
     molecules: "pd.DataFrame | list[str]",
     model: Model | None = None,
     smiles_column: str = "smiles",
-    min_percentile: float = 5.0,
+    min_percentile: float = DEFAULT_MIN_PERCENTILE,
     rules: tuple[str, ...] = (),
     alerts: tuple[str, ...] = (),
     props: tuple[str, ...] = (),

@@ -32,7 +32,7 @@ from molgen.losses import LossWeights
 from molgen.pipeline import GenerateOptions
 from molgen.pipeline import generate as run_generate
 from molgen.sampler import SamplerSettings
-from molgen.scoring import Scorer
+from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer
 from molgen.screen import FilterSpec, ScreenSummary, StrictFailure, screen_file
 from molgen.train import TrainConfig, Trainer, TrainingData, noise_config
 
@@ -346,7 +346,8 @@ def generate(
     distribution: Optional[str] = typer.Option(None, help="Training distribution to sample ('null' = generic)."),
     num_atoms: Optional[int] = typer.Option(None, min=1, help="Fixed heavy-atom count (default: sampled)."),
     min_percentile: float = typer.Option(
-        5.0, min=0.0, max=100.0, help="Reject samples whose density is below this percentile of held-out molecules."
+        DEFAULT_MIN_PERCENTILE, min=0.0, max=100.0,
+        help="Reject samples whose density is below this percentile of held-out molecules.",
     ),
     no_filter: bool = typer.Option(False, "--no-filter", help="Rank every unique sample; filters only reported."),
     prop: List[str] = typer.Option([], "--prop", help="Property window, e.g. 'qed>=0.4' (repeatable)."),
@@ -622,7 +623,9 @@ def score(
 def filter_command(
     input: Path = typer.Argument(..., help="CSV/TSV, .smi, SDF or Parquet file (optionally .gz)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output .csv/.tsv (optionally .gz) or .parquet."),
-    min_percentile: float = typer.Option(5.0, min=0.0, max=100.0, help="Keep rows at or above this density percentile."),
+    min_percentile: float = typer.Option(
+        DEFAULT_MIN_PERCENTILE, min=0.0, max=100.0, help="Keep rows at or above this density percentile."
+    ),
     rule: List[str] = typer.Option([], help=f"Rule sets: {', '.join(RULES)}."),
     alerts: str = typer.Option("", help="Structural alert sets, comma-separated, e.g. pains,brenk."),
     prop: List[str] = typer.Option([], "--prop", help="Property window, e.g. 'mw<=300' (repeatable)."),

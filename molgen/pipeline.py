@@ -20,11 +20,7 @@ from molgen.chemistry import canonical_smiles
 from molgen.decode import decode_constrained, decode_raw
 from molgen.novelty import is_novel
 from molgen.sampler import SamplerSettings, model_denoiser, sample
-from molgen.scoring import Scorer, distribution_index
-
-# Samples below the 5th percentile of held-out molecules' density are rejected by default: a real
-# molecule of the training distribution is rejected 5% of the time, the usual significance level.
-DEFAULT_MIN_PERCENTILE = 5.0
+from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer, distribution_index
 
 
 @dataclass

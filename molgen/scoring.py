@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from rdkit import Chem
 
 from molgen.checkpoint import LoadedModel
 from molgen.chemistry import parse_smiles_with_reason
@@ -19,6 +20,9 @@ from molgen.likelihood import elbo, log_density
 from molgen.tokenizer import OutOfDomain, Vocabulary, batch_from_arrays, encode
 
 SCORE_COLUMNS = ["log_density", "density_percentile", "status", "reason"]
+# Molecules below the 5th percentile of held-out molecules' density are rejected by default: a real
+# molecule of the training distribution is rejected 5% of the time, the usual significance level.
+DEFAULT_MIN_PERCENTILE = 5.0
 EXACT_COLUMNS = ["elbo_nats", "elbo_stderr"]
 
 
@@ -34,8 +38,12 @@ class EncodedChunk:
     sizes: np.ndarray  # (k,) int8
 
 
-def encode_smiles(smiles: list[str | None], read_errors: list[str | None], vocab_dict: dict) -> EncodedChunk:
-    """Parse and encode one chunk; picklable arguments so it can run in a worker process."""
+def encode_smiles(
+    smiles: list[str | None], read_errors: list[str | None], vocab_dict: dict,
+    parsed: list[tuple[Chem.Mol | None, str | None]] | None = None,
+) -> EncodedChunk:
+    """Parse and encode one chunk; picklable arguments so it can run in a worker process.
+    ``parsed``: ``(mol, reason)`` per row when the caller has parsed them already."""
     vocab = Vocabulary.from_dict(vocab_dict)
     n = vocab.max_atoms
     status, reason, positions, atom_rows, bond_rows, sizes = [], [], [], [], [], []
@@ -44,7 +52,7 @@ def encode_smiles(smiles: list[str | None], read_errors: list[str | None], vocab
             status.append("invalid_molecule")
             reason.append(read_error)
             continue
-        mol, problem = parse_smiles_with_reason(text)
+        mol, problem = parsed[position] if parsed is not None else parse_smiles_with_reason(text)
         if mol is None:
             status.append("invalid_smiles")
             reason.append(problem)

@@ -132,15 +132,18 @@ def descriptor_table(mols: list[Chem.Mol]) -> dict[str, np.ndarray]:
             for name, (function, _) in KL_DESCRIPTORS.items()}
 
 
-def kl_benchmark(reference: list[Chem.Mol], sampled: list[Chem.Mol]) -> dict:
+def kl_benchmark(
+    reference: list[Chem.Mol], sampled: list[Chem.Mol], sampled_similarity: SimilarityStats | None = None
+) -> dict:
     """GuacaMol's KL-divergence benchmark: per-descriptor KL(reference || sampled) over the nine
     RDKit descriptors and the nearest-neighbour similarity within each set, and the score
-    ``mean(exp(-KL))`` (1 is a perfect match)."""
+    ``mean(exp(-KL))`` (1 is a perfect match). ``sampled_similarity``: the sampled set's
+    :func:`similarity_stats`, when the caller has them already (they cost n^2 / 2 comparisons)."""
     ref_table, sample_table = descriptor_table(reference), descriptor_table(sampled)
     kls = {name: kl_divergence(ref_table[name], sample_table[name], discrete)
            for name, (_, discrete) in KL_DESCRIPTORS.items()}
     ref_nn = similarity_stats(morgan_fingerprints(reference)).nearest_neighbour
-    sample_nn = similarity_stats(morgan_fingerprints(sampled)).nearest_neighbour
+    sample_nn = (sampled_similarity or similarity_stats(morgan_fingerprints(sampled))).nearest_neighbour
     kls["internal_similarity"] = kl_divergence(ref_nn, sample_nn, discrete=False)
     return {"kl": kls, "score": float(np.mean([math.exp(-value) for value in kls.values()]))}
 
@@ -162,6 +165,7 @@ def generation_metrics(
     valid_mols = [Chem.MolFromSmiles(s) for s in valid]
     distinct_mols = [Chem.MolFromSmiles(s) for s in dict.fromkeys(valid)]
     test_canonical = [s for s in canonicalize(test) if s is not None]
+    sample_similarity = similarity_stats(morgan_fingerprints(distinct_mols)) if len(distinct_mols) > 1 else None
     metrics = {
         "samples": len(samples),
         "validity": len(valid) / max(len(samples), 1),
@@ -169,7 +173,7 @@ def generation_metrics(
                                         else len(valid) / max(len(samples), 1)),
         "uniqueness": uniqueness(canonical),
         "novelty": novelty(canonical, train) if train is not None else None,
-        "internal_diversity": internal_diversity(distinct_mols) if len(distinct_mols) > 1 else None,
+        "internal_diversity": 1.0 - sample_similarity.mean_pairwise if sample_similarity else None,
     }
     if with_fcd:
         metrics["fcd_test"] = fcd(valid, test_canonical) if len(valid) > 1 else None
@@ -181,5 +185,5 @@ def generation_metrics(
         reference = list(dict.fromkeys(test_canonical))
         chosen = np.random.default_rng(0).permutation(len(reference))[: len(distinct_mols)]
         test_mols = [Chem.MolFromSmiles(reference[i]) for i in np.sort(chosen)]
-        metrics["kl_test"] = kl_benchmark(test_mols, distinct_mols) if len(distinct_mols) > 1 else None
+        metrics["kl_test"] = kl_benchmark(test_mols, distinct_mols, sample_similarity) if sample_similarity else None
     return metrics

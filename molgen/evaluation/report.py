@@ -54,10 +54,8 @@ def load_reference_data(
     druglike_path = Path(druglike) if druglike else files.csv.parent / "moses" / "test.csv.gz"
     druglike_smiles: list[str] = []
     if druglike_path.is_file():
-        for chunk in read_molecules(druglike_path, chunk_size=50_000):
-            druglike_smiles += [s for s in chunk.smiles if s]
-            break  # a 50,000-row prefix is plenty to sample from
-        druglike_smiles = [druglike_smiles[i] for i in np.sort(rng.permutation(len(druglike_smiles))[:density_molecules])]
+        prefix = [s for s in next(read_molecules(druglike_path, chunk_size=50_000)).smiles if s]  # plenty to sample
+        druglike_smiles = [prefix[i] for i in np.sort(rng.permutation(len(prefix))[:density_molecules])]
     return ReferenceData(
         train, val, test, density_test, [m.smiles for m in mutants], edits,
         druglike_smiles, str(druglike_path) if druglike_smiles else None,
@@ -69,15 +67,16 @@ def _rejected_lowest(scores: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(scores), -np.inf, scores)
 
 
-def decoy_aurocs(score: Callable[[list[str]], np.ndarray], data: ReferenceData) -> dict:
-    """AUROC of a higher-is-more-likely ``score`` for test molecules against each decoy set, with the
-    share of each set the scorer could not take (scored as -inf)."""
-    test = score(data.density_test)
+def decoy_sets(data: ReferenceData) -> dict[str, list[str]]:
+    """The non-empty decoy sets by name."""
+    return {name: decoys for name, decoys in (("mutants", data.mutants), ("druglike", data.druglike)) if decoys}
+
+
+def decoy_aurocs(test: np.ndarray, decoys: dict[str, np.ndarray]) -> dict:
+    """AUROC of higher-is-more-likely scores of the test molecules against each decoy set's, with
+    the share of each set the scorer could not take (NaN, scored as -inf)."""
     out = {"test_unscorable": float(np.isnan(test).mean())}
-    for name, decoys in (("mutants", data.mutants), ("druglike", data.druglike)):
-        if not decoys:
-            continue
-        values = score(decoys)
+    for name, values in decoys.items():
         out[f"auroc_vs_{name}"] = auroc(_rejected_lowest(test), _rejected_lowest(values))
         out[f"{name}_unscorable"] = float(np.isnan(values).mean())
     return out
@@ -91,22 +90,21 @@ def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: 
     second = Scorer(loaded, exact=True, exact_samples=elbo_samples, seed=seed + 1).score_smiles(data.density_test)
     nll = -first["elbo_nats"].to_numpy()
     scorable = ~np.isnan(nll)  # all of QM9 for a QM9 model; a model of other data may reject some
+    mutants = exact.score_smiles(data.mutants)
     plain = Scorer(loaded)
     started = time.perf_counter()
     whole_test = plain.score_smiles(data.test)
     scoring_rate = len(data.test) / (time.perf_counter() - started)
-
-    def density(smiles: list[str]) -> np.ndarray:
-        return plain.score_smiles(smiles)["log_density"].to_numpy()
-
-    mutant_elbo = exact.score_smiles(data.mutants)["elbo_nats"].to_numpy()
+    decoy_density = {"mutants": mutants["log_density"].to_numpy()}
+    if data.druglike:
+        decoy_density["druglike"] = plain.score_smiles(data.druglike)["log_density"].to_numpy()
     return {
         "elbo_samples": elbo_samples,
         "nll_bound_test": mean_with_stderr(nll[scorable], first["elbo_stderr"].to_numpy()[scorable]),
         "spearman_density_elbo": spearman(first["log_density"].to_numpy(), -nll),
         "elbo_repeatability_spearman": spearman(-nll, second["elbo_nats"].to_numpy()),
-        "log_density": decoy_aurocs(density, data),
-        "elbo_auroc_vs_mutants": auroc(_rejected_lowest(-nll), _rejected_lowest(mutant_elbo)),
+        "log_density": decoy_aurocs(first["log_density"].to_numpy(), decoy_density),
+        "elbo_auroc_vs_mutants": auroc(_rejected_lowest(-nll), _rejected_lowest(mutants["elbo_nats"].to_numpy())),
         "calibration_test": calibration(whole_test["density_percentile"].to_numpy()),
         "scoring_molecules_per_second_in_process": scoring_rate,
     }
@@ -115,7 +113,8 @@ def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: 
 def knn_reference(data: ReferenceData, k: int = 5) -> dict:
     started = time.perf_counter()
     knn = TanimotoKNN(data.train, k=k)
-    return {"k": k, **decoy_aurocs(knn.score, data), "seconds": time.perf_counter() - started}
+    decoys = {name: knn.score(smiles) for name, smiles in decoy_sets(data).items()}
+    return {"k": k, **decoy_aurocs(knn.score(data.density_test), decoys), "seconds": time.perf_counter() - started}
 
 
 def evaluate_discoformer(
