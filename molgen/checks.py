@@ -220,12 +220,11 @@ def check_molecule(mol: Chem.Mol, config: CheckConfig) -> dict:
 
 def check_smiles(smiles: Sequence[str | None], config: CheckConfig) -> list[dict]:
     """One result row per input SMILES; unparsable ones get ``invalid_smiles`` and the reason."""
-    return check_parsed([parse_smiles_with_reason(text) for text in smiles], config)
-
-
-def check_parsed(parsed: Sequence[tuple[Chem.Mol | None, str | None]], config: CheckConfig) -> list[dict]:
-    """:func:`check_smiles` on ``(mol, reason)`` pairs that are already parsed."""
-    return [check_molecule(mol, config) if mol is not None else invalid_row(reason, config) for mol, reason in parsed]
+    rows = []
+    for text in smiles:
+        mol, reason = parse_smiles_with_reason(text)
+        rows.append(check_molecule(mol, config) if mol is not None else invalid_row(reason, config))
+    return rows
 
 
 def invalid_row(reason: str, config: CheckConfig, status: str = "invalid_smiles") -> dict:
@@ -260,16 +259,8 @@ def run_checks(
         checked = [row for part in pool.map(check_smiles, parts, [config] * len(parts)) for row in part]
     else:
         checked = check_smiles(texts, config)
-    return checks_frame(checked, read_errors, config, index)
-
-
-def checks_frame(
-    checked: list[dict], read_errors: Sequence[str | None], config: CheckConfig, index: pd.Index | None = None
-) -> pd.DataFrame:
-    """The results table: ``checked`` rows, in order, for the rows without a read error; the others
-    get ``invalid_molecule`` with that error."""
     rows: list[dict] = [invalid_row(error, config, "invalid_molecule") if error else {} for error in read_errors]
-    for i, row in zip([i for i, error in enumerate(read_errors) if error is None], checked):
+    for i, row in zip(todo, checked):
         rows[i] = row
     return pd.DataFrame(rows, columns=config.result_columns, index=index)
 

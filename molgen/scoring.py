@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from rdkit import Chem
 
 from molgen.checkpoint import LoadedModel
 from molgen.chemistry import parse_smiles_with_reason
@@ -38,12 +37,8 @@ class EncodedChunk:
     sizes: np.ndarray  # (k,) int8
 
 
-def encode_smiles(
-    smiles: list[str | None], read_errors: list[str | None], vocab_dict: dict,
-    parsed: list[tuple[Chem.Mol | None, str | None]] | None = None,
-) -> EncodedChunk:
-    """Parse and encode one chunk; picklable arguments so it can run in a worker process.
-    ``parsed``: ``(mol, reason)`` per row when the caller has parsed them already."""
+def encode_smiles(smiles: list[str | None], read_errors: list[str | None], vocab_dict: dict) -> EncodedChunk:
+    """Parse and encode one chunk; picklable arguments so it can run in a worker process."""
     vocab = Vocabulary.from_dict(vocab_dict)
     n = vocab.max_atoms
     status, reason, positions, atom_rows, bond_rows, sizes = [], [], [], [], [], []
@@ -52,7 +47,7 @@ def encode_smiles(
             status.append("invalid_molecule")
             reason.append(read_error)
             continue
-        mol, problem = parsed[position] if parsed is not None else parse_smiles_with_reason(text)
+        mol, problem = parse_smiles_with_reason(text)
         if mol is None:
             status.append("invalid_smiles")
             reason.append(problem)
