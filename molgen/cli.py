@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 import typer
 from rdkit import Chem
-from rdkit.Chem import Draw
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -210,6 +209,10 @@ def train(
     batch_size: int = typer.Option(256, min=2),
     lr: float = typer.Option(1e-3, min=0.0),
     max_minutes: Optional[float] = typer.Option(None, min=0.0, help="Stop after this much training time (resumable)."),
+    schedule_minutes: Optional[float] = typer.Option(
+        None, min=0.0, help="Fit the cosine schedule to this much training time: after epoch 2, --epochs becomes as "
+        "many as fit (logged; pass that number with --resume).",
+    ),
     checkpoint_minutes: float = typer.Option(5.0, min=0.0, help="Write a checkpoint at least this often."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
@@ -219,6 +222,7 @@ def train(
     n_heads: int = typer.Option(8, min=1),
     d_pair: int = typer.Option(32, min=4),
     self_conditioning: bool = typer.Option(True, help="Feed the model its previous x0 estimate."),
+    ring_features: bool = typer.Option(False, help="Also feed closed-walk (ring) counts of that estimate."),
     nll_weight: float = typer.Option(0.1, min=0.0, help="Weight of the density regression onto the ELBO."),
     consistency_weight: float = typer.Option(0.01, min=0.0, help="Weight of the score-density consistency loss."),
     logsnr_max: float = typer.Option(9.0),
@@ -231,13 +235,17 @@ def train(
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
     if d_model % n_heads:
         raise _fail(f"--d-model {d_model} must be a multiple of --n-heads {n_heads}", 2)
+    if ring_features and not self_conditioning:
+        raise _fail("--ring-features reads the self-conditioning estimate: drop --no-self-conditioning", 2)
     datasets, names = _training_sets(data, qm9_path, workers)
 
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_minutes=max_minutes,
+        schedule_minutes=schedule_minutes,
         checkpoint_minutes=checkpoint_minutes, val_molecules=val_molecules,
         model={"d_model": d_model, "d_pair": d_pair, "n_layers": n_layers, "n_heads": n_heads,
-               "d_ff": 2 * d_model, "self_conditioning": self_conditioning},
+               "d_ff": 2 * d_model, "self_conditioning": self_conditioning,
+               "ring_features": ring_features},
         loss={**LossWeights().to_dict(), "nll": nll_weight, "consistency": consistency_weight},
         noise=noise_config(logsnr_max, logsnr_min),
     )
@@ -265,7 +273,7 @@ def train(
 
         def on_epoch(record: dict) -> None:
             progress.console.print(
-                f"epoch {record['epoch']}: score {record['train_score']:.4f} dsm {record['train_dsm']:.3f} "
+                f"epoch {record['epoch']}/{record['epochs']}: score {record['train_score']:.4f} dsm {record['train_dsm']:.3f} "
                 f"nll {record['train_nll']:.4f} consistency {record['train_consistency']:.4f} | val ELBO "
                 f"{record['val_elbo_nats']:.2f} ± {record['val_elbo_stderr']:.2f} nats, Spearman(D, ELBO) "
                 f"{record['spearman_density_elbo']:.3f} | {record['molecules_per_second']:.0f} mol/s",
@@ -420,6 +428,8 @@ def _draw_grid(frame: pd.DataFrame, path: Path) -> None:
     top = frame[frame["rank"].notna()].head(16)
     mols = [Chem.MolFromSmiles(s) for s in top["smiles"]]
     legends = [f"#{r} logP {d:.1f}" for r, d in zip(top["rank"], top["log_density"])]
+    from rdkit.Chem import Draw  # needs X rendering libraries that headless servers may lack
+
     image = Draw.MolsToGridImage(mols, molsPerRow=4, subImgSize=(250, 200), legends=legends)
     image.save(str(path))
 

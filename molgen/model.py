@@ -40,6 +40,7 @@ class DiScoConfig:
     d_ff: int = 256
     fourier_features: int = 16
     self_conditioning: bool = True
+    ring_features: bool = False  # closed-walk counts of the previous estimate's graph, per atom
     density_scale: float = 10.0  # the density head's raw output times this is nats
 
     def to_dict(self) -> dict:
@@ -67,6 +68,28 @@ def valence_features(atom_probs: torch.Tensor, bond_probs: torch.Tensor, valence
     used = (bond_probs * orders).sum(dim=(-1, -2))  # (B, N)
     allowed = atom_probs @ valences.to(atom_probs.dtype)
     return torch.stack([used / 4.0, (allowed - used) / 4.0], dim=-1)
+
+
+RING_WALK_LENGTHS = (3, 4, 5, 6)
+
+
+def ring_features(bond_probs: torch.Tensor) -> torch.Tensor:
+    """log(1 + closed walks of length 3..6 from each atom) on the expected adjacency (B, N, 4).
+
+    Rings (and whether an atom closes one) are what the per-pair channels see worst: a ring is a
+    global property, and a Transformer reads it only after several layers of pair updates. Closed
+    walks of length k count k-rings through the atom (plus walks that backtrack, which the degree
+    from the valence features accounts for), as in DiGress's cycle features.
+    """
+    adjacency = 1.0 - bond_probs[..., 0]
+    adjacency = adjacency * (bond_probs.sum(-1) > 0)  # the 'none' channel is 0 outside real pairs too
+    adjacency = adjacency - torch.diag_embed(torch.diagonal(adjacency, dim1=1, dim2=2))
+    walks, power, features = adjacency, adjacency, []
+    for length in range(2, max(RING_WALK_LENGTHS) + 1):
+        power = power @ walks
+        if length in RING_WALK_LENGTHS:
+            features.append(torch.diagonal(power, dim1=1, dim2=2))
+    return torch.log1p(torch.stack(features, dim=-1).clamp(min=0.0))
 
 
 class FourierEmbedding(nn.Module):
@@ -107,7 +130,6 @@ class Block(nn.Module):
     def forward(self, h, pairs, key_mask, pair_mask, time):
         """h (B, T, d) with T = 2 + N; pairs (B, N, N, dp); key_mask (B, T); pair_mask (B, N, N, 1)."""
         batch, tokens, d = h.shape
-        pairs.shape[1]
         shift1, scale1, shift2, scale2 = self.modulation(time)[:, None, :].chunk(4, dim=-1)
 
         x = self.norm1(h) * (1 + scale1) + shift1
@@ -138,7 +160,7 @@ class DiScoFormer(nn.Module):
         self.config = config
         d, dp = config.d_model, config.d_pair
         a, b = config.num_atom_types, config.num_bond_types
-        extra_atom = (a + 2) if config.self_conditioning else 0
+        extra_atom = (a + 2 + len(RING_WALK_LENGTHS) * config.ring_features) if config.self_conditioning else 0
         extra_bond = b if config.self_conditioning else 0
         self.register_buffer("valences", torch.tensor(config.atom_valences, dtype=torch.float32), persistent=False)
         self.atom_in = nn.Linear(a + extra_atom, d)
@@ -189,6 +211,8 @@ class DiScoFormer(nn.Module):
             else:
                 prev_atoms, prev_bonds = self_cond[0] * atom_mask, self_cond[1] * pair_mask
             atom_inputs += [prev_atoms, valence_features(prev_atoms, prev_bonds, self.valences)]
+            if self.config.ring_features:
+                atom_inputs.append(ring_features(prev_bonds))
             bond_inputs.append(prev_bonds)
         atoms = self.atom_in(torch.cat(atom_inputs, dim=-1)) + self.position[:n]
         pairs = self.bond_in(torch.cat(bond_inputs, dim=-1)) * pair_mask

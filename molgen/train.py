@@ -41,6 +41,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     max_minutes: float | None = None  # stop (with a checkpoint) after this much training time
+    # Fit the cosine schedule to this much training time: after the second epoch, ``epochs`` becomes
+    # as many as fit at that epoch's measured pace (validation and checkpoint included). Not the
+    # first: it also pays one-off costs (CUDA initialisation, allocator warm-up).
+    schedule_minutes: float | None = None
     checkpoint_minutes: float = 5.0
     val_molecules: int = 1000
     val_samples: int = 8
@@ -208,7 +212,10 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.generator.set_state(payload["generator"])
+        try:
+            self.generator.set_state(payload["generator"])
+        except RuntimeError:  # written on another kind of device: its RNG state does not fit this one
+            self.generator.manual_seed(self.config.seed * 100_003 + self.step)
         self.step = int(payload["trainer"]["step"])
         self.elapsed = float(payload["trainer"]["elapsed"])
         self.metrics = payload["metrics"]
@@ -279,6 +286,17 @@ class Trainer:
             "val_density_mean": float(density.mean()),
         }
 
+    def fit_schedule(self, epoch_seconds: float, session_seconds: float) -> None:
+        """Set ``epochs`` (and so the cosine decay) to what fits in ``schedule_minutes`` of this
+        session at the pace of the epoch just done (validation included). Called after the session's
+        second epoch: on a fresh run the learning rate has then left the warm-up for at most a few
+        hundred steps of the cosine's flat top, so the rates used so far are (nearly) those of the
+        fitted schedule."""
+        remaining = self.config.schedule_minutes * 60 - session_seconds
+        done = self.step // self.steps_per_epoch
+        self.config.epochs = done + max(0, int(remaining // epoch_seconds))
+        self.total_steps = self.steps_per_epoch * self.config.epochs
+
     def request_stop(self, *_) -> None:
         self.stop_requested = True
 
@@ -290,6 +308,7 @@ class Trainer:
         last_save = time.perf_counter()
         budget = self.config.max_minutes * 60 if self.config.max_minutes else math.inf
         session_start, session_elapsed_start = time.perf_counter(), self.elapsed
+        session_epochs = 0
         try:
             while self.step < self.total_steps and not self.stop_requested:
                 epoch, position = divmod(self.step, self.steps_per_epoch)
@@ -313,13 +332,19 @@ class Trainer:
                 if self.stop_requested and self.step % self.steps_per_epoch:
                     break  # an interrupted epoch: no validation, the checkpoint below resumes it
                 seconds = time.perf_counter() - epoch_start
+                validation = self.validate()
+                session_epochs += 1
+                if self.config.schedule_minutes and session_epochs == 2:
+                    now = time.perf_counter()
+                    self.fit_schedule(now - epoch_start, now - session_start)
                 record = {
                     "epoch": epoch + 1,
+                    "epochs": self.config.epochs,
                     "step": self.step,
                     **{f"train_{name}": float(np.mean(values)) for name, values in running.items()},
                     "molecules_per_second": len(running.get("total", [])) * self.config.batch_size / seconds,
                     "elapsed_seconds": self.elapsed,
-                    **self.validate(),
+                    **validation,
                 }
                 self.metrics = record
                 with open(self.out_dir / "metrics.jsonl", "a") as handle:

@@ -6,9 +6,9 @@ import torch
 from molgen.checkpoint import load_model, read_checkpoint, save_checkpoint
 from molgen.chemistry import parse_smiles
 from molgen.likelihood import constant_terms, elbo, log_density
-from molgen.model import DiScoConfig, DiScoFormer, denoise
+from molgen.model import RING_WALK_LENGTHS, DiScoConfig, DiScoFormer, denoise, ring_features
 from molgen.noise import LogSNRSchedule, NoiseProcess, posterior, q_sample, symmetric_noise, tweedie_score
-from molgen.tokenizer import Vocabulary, collate, encode, molecular_graph
+from molgen.tokenizer import Vocabulary, collate, encode, molecular_graph, pair_mask_of
 
 SMILES = ["C", "CO", "C#N", "C[N+](=O)[O-]", "c1ccoc1", "OC1CC1", "CC(=O)NC", "N#CC(F)F"]
 
@@ -145,3 +145,37 @@ def test_elbo_under_an_importance_proposal_agrees_with_the_uniform_one_on_averag
     weighted = [elbo(model, batch, dist, NoiseProcess(), size_log_probs, 32, torch.Generator().manual_seed(s),
                      proposal=proposal)[0] for s in range(6)]
     assert torch.allclose(torch.stack(uniform).mean(0), torch.stack(weighted).mean(0), rtol=0.1)
+
+
+def test_ring_features_count_closed_walks_of_the_estimated_graph(setup):
+    vocab, _, _ = setup
+    mols = [parse_smiles(s) for s in ("CCC", "C1CC1", "c1ccoc1")]
+    batch = collate([encode(m, vocab) for m in mols], vocab.max_atoms)
+    _, x_bonds = batch.one_hot(vocab.num_atom_types)
+    features = ring_features(x_bonds * pair_mask_of(batch.mask)[..., None])
+    assert features.shape == (3, 9, len(RING_WALK_LENGTHS))
+    walks = torch.expm1(features)
+    # A chain closes no odd walk; each atom of a triangle closes 2 walks of length 3 (both ways
+    # round); each atom of a 5-ring closes 2 of length 5; padding sees nothing.
+    assert torch.allclose(walks[0, :3, 0], torch.zeros(3), atol=1e-5)
+    assert torch.allclose(walks[1, :3, 0], torch.full((3,), 2.0), atol=1e-5)
+    assert torch.allclose(walks[2, :5, 2], torch.full((5,), 2.0), atol=1e-5)
+    assert torch.allclose(walks[2, :5, 0], torch.zeros(5), atol=1e-5)
+    assert torch.equal(walks[:, 5:], torch.zeros_like(walks[:, 5:]))
+
+
+def test_a_model_with_ring_features_runs_saves_and_reloads(setup, tmp_path):
+    vocab, batch, _ = setup
+    config = DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences), d_model=32, d_pair=8,
+                         n_layers=2, n_heads=4, d_ff=64, ring_features=True)
+    torch.manual_seed(0)
+    model = DiScoFormer(config).eval()
+    t = torch.full((batch.mask.shape[0],), 0.3)
+    z_atoms, z_bonds, noise = noisy_inputs(batch, vocab, t)
+    dist = torch.zeros(batch.mask.shape[0], dtype=torch.long)
+    output, _, _ = denoise(model, z_atoms, z_bonds, batch.mask, t, dist, noise)
+    assert all(torch.isfinite(tensor).all() for tensor in output)
+    assert DiScoConfig.from_dict(config.to_dict()) == config
+    # Configs written before the option existed load as models without it.
+    legacy = {key: value for key, value in config.to_dict().items() if key != "ring_features"}
+    assert DiScoConfig.from_dict(legacy).ring_features is False

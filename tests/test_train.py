@@ -5,7 +5,7 @@ import torch
 from conftest import shared_file
 from typer.testing import CliRunner
 
-from molgen.checkpoint import load_model
+from molgen.checkpoint import load_model, read_checkpoint, save_checkpoint
 from molgen.cli import app
 from molgen.data import prepare_dataset
 from molgen.likelihood import elbo
@@ -99,6 +99,42 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_schedule_minutes_sets_the_epochs_from_the_measured_pace(tmp_path):
+    data = qm9_subset(tmp_path, 80, val_fraction=0.2)
+    config = TrainConfig(epochs=1000, batch_size=16, warmup_steps=4, model=TINY, val_molecules=8, val_samples=2,
+                         schedule_minutes=1.0)
+    trainer = Trainer(config, data, tmp_path / "run")
+    trainer.step = 2 * trainer.steps_per_epoch
+    trainer.fit_schedule(epoch_seconds=5.0, session_seconds=12.0)  # 48 s left: 9 more epochs of 5 s
+    assert config.epochs == 11 and trainer.total_steps == 11 * trainer.steps_per_epoch
+
+    # A budget already spent by epoch 2 ends the run there.
+    config = TrainConfig(epochs=1000, batch_size=16, warmup_steps=4, model=TINY, val_molecules=8, val_samples=2,
+                         schedule_minutes=1e-4)
+    trainer = Trainer(config, data, tmp_path / "short")
+    trainer.fit()
+    assert trainer.step == 2 * trainer.steps_per_epoch and config.epochs == 2
+    assert read_checkpoint(tmp_path / "short" / "checkpoint.pt")["meta"]["train_config"]["epochs"] == 2
+    records = [json.loads(line) for line in (tmp_path / "short" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and records[-1]["epochs"] == 2
+
+
+def test_resume_from_a_checkpoint_whose_rng_came_from_another_device(tmp_path):
+    data = qm9_subset(tmp_path, 80, val_fraction=0.2)
+    config = TrainConfig(epochs=2, batch_size=16, warmup_steps=4, model=TINY, val_molecules=8, val_samples=2)
+    trainer = Trainer(config, data, tmp_path / "run")
+    trainer.fit(on_step=lambda values: trainer.request_stop() if values["step"] == 5 else None)
+    payload = read_checkpoint(trainer.checkpoint_path)
+    payload["generator"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state is this size
+    save_checkpoint(payload, trainer.checkpoint_path)
+    resumed = Trainer(config, data, tmp_path / "run")
+    resumed.resume()
+    assert resumed.step == 5
+    resumed.fit()
+    assert resumed.step == 2 * resumed.steps_per_epoch
+    assert all(torch.isfinite(p).all() for p in resumed.ema.parameters())
+
+
 def test_training_losses_report_every_term(tmp_path):
     data = qm9_subset(tmp_path, 16)
     trainer = Trainer(TrainConfig(model=TINY), data, tmp_path / "run")
@@ -119,7 +155,7 @@ def test_train_cli_end_to_end(tmp_path):
             "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "10"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "epoch 2:" in result.output and "finished at step" in result.output
+    assert "epoch 2/2:" in result.output and "finished at step" in result.output
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for key in ("train_score", "train_nll", "train_consistency", "train_dsm", "val_elbo_nats", "spearman_density_elbo"):
@@ -129,6 +165,8 @@ def test_train_cli_end_to_end(tmp_path):
     assert loaded.elbo_proposal is None
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--device", "cuda:7"])
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
+    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--ring-features", "--no-self-conditioning"])
+    assert bad.exit_code == 2 and "--ring-features reads the self-conditioning estimate" in bad.output
 
     distilled = out / "distilled.pt"
     result = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "-o", str(distilled),
