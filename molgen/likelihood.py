@@ -105,6 +105,9 @@ def stratified_times(
     return t, probs[index] * bins / span
 
 
+MAX_ELBO_ROWS = 2048  # molecules x noise levels per forward call of an ELBO estimate
+
+
 def diffusion_integrand(model, x_atoms, x_bonds, mask, t, dist, noise: NoiseProcess, generator) -> torch.Tensor:
     """One draw of the diffusion term's integrand at times ``t`` (B,), atoms and bonds together."""
     atom_mask, pair_mask = mask.float(), upper_pair_mask(mask).float()
@@ -144,11 +147,20 @@ def elbo(
     x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types)
     constant = constant_terms(x_atoms, x_bonds, batch.mask, noise, size_log_probs, generator, t_start)
     times, density = stratified_times(batch.mask.shape[0], num_samples, t_start, proposal, generator, x_atoms.device)
-    samples = [
-        diffusion_integrand(model, x_atoms, x_bonds, batch.mask, times[:, k], dist, noise, generator) / density[:, k]
-        for k in range(num_samples)
-    ]
-    diffusion = torch.stack(samples, dim=1)  # (B, K)
+    size = batch.mask.shape[0]
+    levels = max(1, min(num_samples, MAX_ELBO_ROWS // size))
+    chunks = []
+    for start in range(0, num_samples, levels):
+        # Several noise levels in one forward call (the batch repeated): on a GPU the per-call
+        # overhead, not the arithmetic, is what a small batch of QM9 molecules costs.
+        k = min(levels, num_samples - start)
+        t = times[:, start : start + k].T.reshape(-1)
+        values = diffusion_integrand(
+            model, x_atoms.repeat(k, 1, 1), x_bonds.repeat(k, 1, 1, 1), batch.mask.repeat(k, 1), t,
+            dist.repeat(k), noise, generator,
+        )
+        chunks.append(values.view(k, size).T / density[:, start : start + k])
+    diffusion = torch.cat(chunks, dim=1)  # (B, K)
     estimate = constant + diffusion.mean(dim=1)
     stderr = diffusion.std(dim=1) / math.sqrt(num_samples) if num_samples > 1 else torch.zeros_like(estimate)
     return estimate, stderr
