@@ -21,8 +21,8 @@ from _common import SHARED_DATA, write_results
 
 from molgen.checkpoint import load_model
 from molgen.data import locate_qm9, prepare_dataset
+from molgen.evaluation.density import spearman
 from molgen.likelihood import elbo, log_density
-from molgen.train import spearman
 
 
 def main() -> None:

@@ -146,8 +146,8 @@ def elbo(
     t_start = start_time(noise, clean_logsnr)
     x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types)
     constant = constant_terms(x_atoms, x_bonds, batch.mask, noise, size_log_probs, generator, t_start)
-    times, density = stratified_times(batch.mask.shape[0], num_samples, t_start, proposal, generator, x_atoms.device)
     size = batch.mask.shape[0]
+    times, density = stratified_times(size, num_samples, t_start, proposal, generator, x_atoms.device)
     levels = max(1, min(num_samples, MAX_ELBO_ROWS // size))
     chunks = []
     for start in range(0, num_samples, levels):

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from molgen.checkpoint import read_checkpoint, save_checkpoint
 from molgen.data import PreparedDataset
+from molgen.evaluation.density import spearman
 from molgen.likelihood import elbo, log_density
 from molgen.losses import LossWeights, training_losses
 from molgen.model import DiScoConfig, DiScoFormer
@@ -120,10 +120,6 @@ def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
         return config.lr * (step + 1) / config.warmup_steps
     progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
     return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
 class Trainer:
