@@ -23,7 +23,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from molgen import __version__
-from molgen.checkpoint import BUNDLED, export_inference, load_model
+from molgen.checkpoint import BUNDLED, export_inference, load_model, read_checkpoint
 from molgen.checks import RULES, CheckConfig, CheckSpecError, append_results, run_checks
 from molgen.data import locate_qm9, prepare_dataset
 from molgen.io import DEFAULT_CHUNK_SIZE, InputError, TableWriter, read_molecules
@@ -33,6 +33,7 @@ from molgen.pipeline import generate as run_generate
 from molgen.sampler import SamplerSettings
 from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer
 from molgen.screen import FilterSpec, ScreenSummary, StrictFailure, screen_file
+from molgen.tokenizer import Vocabulary
 from molgen.train import TrainConfig, Trainer, TrainingData, noise_config
 
 app = typer.Typer(
@@ -161,6 +162,9 @@ def data_prepare(
     workers: int = typer.Option(2, min=1, help="Worker processes for RDKit."),
     download: bool = typer.Option(False, help="Download QM9 if it is not found locally."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Re-encode even if a cached copy exists."),
+    aromatic_bonds: bool = typer.Option(
+        False, help="Keep aromatic bonds as their own bond type (and [nH]-style atom types) instead of kekulizing."
+    ),
 ) -> None:
     """Read a molecule source, encode it, cache the tensors; print counts per status and split sizes."""
     started = time.perf_counter()
@@ -172,7 +176,7 @@ def data_prepare(
             path = Path(source)
         dataset, from_cache = prepare_dataset(
             path, test_idx, smiles_column, max_atoms=max_atoms, val_fraction=val_fraction, seed=seed, workers=workers,
-            use_cache=not no_cache,
+            use_cache=not no_cache, aromatic_bonds=aromatic_bonds,
         )
     except (InputError, FileNotFoundError) as error:
         raise _fail(str(error), 2) from None
@@ -190,7 +194,8 @@ def data_prepare(
     for name, count in dataset.split_sizes().items():
         table.add_row(f"split {name}", f"{count:,}")
     out.print(table)
-    out.print(f"vocabulary: {', '.join(dataset.vocab.labels)}; max atoms {dataset.vocab.max_atoms}")
+    out.print(f"vocabulary: {', '.join(dataset.vocab.labels)}; bonds {', '.join(dataset.vocab.bond_types[1:])}; "
+              f"max atoms {dataset.vocab.max_atoms}", highlight=False)
     out.print(f"fingerprint {dataset.fingerprint}")
     if len(dataset.rejected):
         out.print("first rejected rows:")
@@ -229,6 +234,13 @@ def train(
     logsnr_min: float = typer.Option(-9.0),
     val_molecules: int = typer.Option(1000, min=1, help="Held-out molecules for the per-epoch validation ELBO."),
     workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
+    aromatic_bonds: bool = typer.Option(
+        False, help="Keep aromatic bonds as their own bond type (and [nH]-style atom types) instead of kekulizing."
+    ),
+    init_from: Optional[Path] = typer.Option(
+        None, help="Start from this checkpoint's weights (its size options win), vocabularies mapped by atom and bond "
+        "type; optimizer and schedule start afresh.",
+    ),
 ) -> None:
     """Train a DiScoFormer (score + density heads) on one or more molecule sets."""
     if device.startswith("cuda") and not _cuda_available():
@@ -237,24 +249,35 @@ def train(
         raise _fail(f"--d-model {d_model} must be a multiple of --n-heads {n_heads}", 2)
     if ring_features and not self_conditioning:
         raise _fail("--ring-features reads the self-conditioning estimate: drop --no-self-conditioning", 2)
-    datasets, names = _training_sets(data, qm9_path, workers)
+    if init_from is not None and resume:
+        raise _fail("--init-from starts a new run; --resume continues one: pass one of them", 2)
+    datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
+    model_options = {"d_model": d_model, "d_pair": d_pair, "n_layers": n_layers, "n_heads": n_heads,
+                     "d_ff": 2 * d_model, "self_conditioning": self_conditioning, "ring_features": ring_features}
+    if init_from is not None:
+        try:
+            source_config = read_checkpoint(init_from)["model_config"]
+        except (FileNotFoundError, ValueError) as error:
+            raise _fail(str(error), 2) from None
+        model_options = {key: source_config[key] for key in model_options if key in source_config}
 
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_minutes=max_minutes,
         schedule_minutes=schedule_minutes,
         checkpoint_minutes=checkpoint_minutes, val_molecules=val_molecules,
-        model={"d_model": d_model, "d_pair": d_pair, "n_layers": n_layers, "n_heads": n_heads,
-               "d_ff": 2 * d_model, "self_conditioning": self_conditioning,
-               "ring_features": ring_features},
+        model=model_options,
         loss={**LossWeights().to_dict(), "nll": nll_weight, "consistency": consistency_weight},
         noise=noise_config(logsnr_max, logsnr_min),
     )
     trainer = Trainer(config, TrainingData.combine(datasets, names), out)
-    if resume:
-        try:
+    try:
+        if resume:
             trainer.resume()
-        except (FileNotFoundError, ValueError) as error:
-            raise _fail(str(error), 2) from None
+        elif init_from is not None:
+            mapped = trainer.initialize_from(init_from)
+            Console().print(f"initialized from {init_from} ({', '.join(mapped)} mapped by type)", highlight=False)
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
     out_console = Console()
     out_console.print(
         f"training {trainer.model.num_parameters():,} parameters on {', '.join(names)} "
@@ -287,16 +310,18 @@ def train(
         out_console.print(json.dumps({k: metrics[k] for k in ("val_elbo_nats", "spearman_density_elbo") if k in metrics}))
 
 
-def _training_sets(data: List[str], qm9_path: Optional[Path], workers: int) -> tuple[list, list[str]]:
+def _training_sets(
+    data: List[str], qm9_path: Optional[Path], workers: int, aromatic_bonds: bool
+) -> tuple[list, list[str]]:
     """Prepared datasets and distribution names for ``molgen train``'s DATA arguments."""
     try:
         datasets, names = [], []
         for source in data:
             if source == "qm9":
                 files = locate_qm9(qm9_path)
-                dataset, _ = prepare_dataset(files.csv, files.test_idx, workers=workers)
+                dataset, _ = prepare_dataset(files.csv, files.test_idx, workers=workers, aromatic_bonds=aromatic_bonds)
             else:
-                dataset, _ = prepare_dataset(Path(source), workers=workers)
+                dataset, _ = prepare_dataset(Path(source), workers=workers, aromatic_bonds=aromatic_bonds)
             datasets.append(dataset)
             names.append(source if source == "qm9" else Path(source).stem)
     except (InputError, FileNotFoundError) as error:
@@ -319,7 +344,11 @@ def distill(
     """Refit the density head onto low-variance ELBOs (backbone frozen) and recalibrate it."""
     from molgen.distill import DistillConfig, distill_checkpoint
 
-    datasets, names = _training_sets(data, qm9_path, workers)
+    try:
+        aromatic_bonds = Vocabulary.from_dict(read_checkpoint(checkpoint)["vocab"]).aromatic_bonds
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
+    datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, seed=seed)
     try:
         with console.status("distilling") as status:

@@ -14,6 +14,7 @@ import tempfile
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -139,7 +140,9 @@ def split_rows(n_rows: int, test_idx: np.ndarray, val_fraction: float, seed: int
     return split
 
 
-def _graphs_of(smiles: list[str | None]) -> list[tuple[MolecularGraph | None, str | None, str]]:
+def _graphs_of(
+    smiles: list[str | None], aromatic_bonds: bool = False
+) -> list[tuple[MolecularGraph | None, str | None, str]]:
     """(graph, canonical SMILES) or (None, reason) per SMILES; runs in worker processes."""
     out: list[tuple[MolecularGraph | None, str | None, str]] = []
     for text in smiles:
@@ -148,7 +151,7 @@ def _graphs_of(smiles: list[str | None]) -> list[tuple[MolecularGraph | None, st
             out.append((None, reason, "invalid_smiles"))
             continue
         try:
-            out.append((molecular_graph(mol), canonical_smiles(mol), "ok"))
+            out.append((molecular_graph(mol, aromatic_bonds), canonical_smiles(mol), "ok"))
         except OutOfDomain as error:
             out.append((None, str(error), "out_of_domain"))
     return out
@@ -238,15 +241,20 @@ def prepare_dataset(
     seed: int = 0,
     workers: int = 1,
     use_cache: bool = True,
+    aromatic_bonds: bool = False,
 ) -> tuple[PreparedDataset, bool]:
     """Encode ``source`` (any readable molecule file); returns the dataset and whether it came
-    from the cache. Without ``test_idx`` the test split is empty."""
+    from the cache. Without ``test_idx`` the test split is empty. Bonds are kekulized unless
+    ``aromatic_bonds`` (or ``vocab``) says otherwise."""
     source = Path(source)
     paths = [source] + ([Path(test_idx)] if test_idx else [])
+    aromatic_bonds = vocab.aromatic_bonds if vocab else aromatic_bonds
     options = {
         "smiles_column": smiles_column, "vocab": vocab.to_dict() if vocab else None,
         "max_atoms": max_atoms, "val_fraction": val_fraction, "seed": seed,
     }
+    if aromatic_bonds:  # only then, so that caches of Kekulé data keep their keys
+        options["aromatic_bonds"] = True
     key = fingerprint(paths, options)
     cached = cache_dir() / "prepared" / f"{source.stem}-{key}.npz"
     if use_cache and cached.is_file():
@@ -260,15 +268,16 @@ def prepare_dataset(
     row_split = split_rows(n_rows, test_rows, val_fraction, seed)
 
     parts = [smiles[i : i + 5_000] for i in range(0, n_rows, 5_000)]
+    encode = partial(_graphs_of, aromatic_bonds=aromatic_bonds)
     if workers > 1 and len(parts) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = [r for part in pool.map(_graphs_of, parts) for r in part]
+            results = [r for part in pool.map(encode, parts) for r in part]
     else:
-        results = [r for part in parts for r in _graphs_of(part)]
+        results = [r for part in parts for r in encode(part)]
 
     if vocab is None:
         train_graphs = (g for (g, _, _), s in zip(results, row_split) if g is not None and s == 0)
-        vocab = Vocabulary.from_graphs(train_graphs, max_atoms)
+        vocab = Vocabulary.from_graphs(train_graphs, max_atoms, aromatic_bonds)
     dataset = _encode_results(results, row_split, vocab, source, key)
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)

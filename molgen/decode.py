@@ -4,10 +4,13 @@
   is the "validity without correction" that papers report.
 * :func:`decode_constrained` is what users get: it keeps the argmax atom types where it can and adds
   bonds in order of probability only while every atom stays within its allowed (charge-aware)
-  valence, so the result is always a valid, connected molecule.
+  valence, so the result is always a valid, connected molecule. With aromatic bonds it returns the
+  argmax graph when that kekulizes; otherwise it works on the Kekulé view of the probabilities, in
+  which an aromatic bond counts as single (an aromatic ring that cannot be kekulized becomes
+  saturated rather than cumulated) and an aromatic atom type with stated hydrogens as its plain type.
 
-Inputs are one molecule's probabilities: ``atom_probs`` (n, A) and ``bond_probs`` (n, n, 4) over
-``tokenizer.BOND_TYPES``; they need not be normalised or symmetric (the mean of (i, j) and (j, i) is
+Inputs are one molecule's probabilities: ``atom_probs`` (n, A) and ``bond_probs`` (n, n, B) over the
+vocabulary's bond types; they need not be normalised or symmetric (the mean of (i, j) and (j, i) is
 used).
 """
 
@@ -19,7 +22,7 @@ import numpy as np
 from rdkit import Chem
 
 from molgen.chemistry import fragment_count
-from molgen.tokenizer import ID_TO_BOND_ORDER, Vocabulary
+from molgen.tokenizer import KEKULE_BONDS, RDKIT_BOND_TYPES, Vocabulary
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,12 @@ def decode_constrained(
     n = atom_probs.shape[0]
     if n == 0:
         raise ValueError("cannot decode a molecule with no atoms")
+    if vocab.aromatic_bonds:
+        raw = decode_raw(atom_probs, bond_probs, vocab)
+        if raw.valid:
+            return ConstrainedDecode(raw.mol, False)
+        atom_probs, bond_probs, vocab = kekule_view(atom_probs, bond_probs, vocab)
+        return ConstrainedDecode(decode_constrained(atom_probs, bond_probs, vocab).mol, True)
     raw_atoms, raw_bonds = argmax_graph(atom_probs, bond_probs)
     valences = vocab.max_valences
     atom_types = _tree_feasible_atom_types(atom_probs, raw_atoms.copy(), valences)
@@ -80,17 +89,51 @@ def argmax_graph(atom_probs: np.ndarray, bond_probs: np.ndarray) -> tuple[np.nda
 
 
 def build_molecule(atom_types: np.ndarray, bonds: np.ndarray, vocab: Vocabulary) -> Chem.Mol:
-    """Unsanitized molecule from atom-type ids and a bond-id matrix (upper triangle is read)."""
+    """Unsanitized molecule from atom-type ids and a bond-id matrix (upper triangle is read).
+
+    Atoms on an aromatic bond are aromatic and get their stated hydrogens, as a SMILES parser does
+    for ``[nH]``; elsewhere stated hydrogens are ignored and hydrogens follow from valence.
+    """
+    rdkit_bonds = [RDKIT_BOND_TYPES.get(name) for name in vocab.bond_types]
+    aromatic_id = vocab.bond_types.index("aromatic") if vocab.aromatic_bonds else -1
+    on_aromatic_bond = (np.asarray(bonds) == aromatic_id).any(axis=1)
     mol = Chem.RWMol()
-    for type_id in atom_types:
-        symbol, charge = vocab.atom_types[int(type_id)]
+    for type_id, aromatic in zip(atom_types, on_aromatic_bond):
+        symbol, charge, hydrogens = vocab.atom_types[int(type_id)]
         atom = Chem.Atom(symbol)
         atom.SetFormalCharge(charge)
+        if aromatic:
+            atom.SetIsAromatic(True)
+            if hydrogens:
+                atom.SetNumExplicitHs(hydrogens)
+                atom.SetNoImplicit(True)
         mol.AddAtom(atom)
     rows, cols = np.nonzero(np.triu(bonds, k=1))
     for i, j in zip(rows.tolist(), cols.tolist()):
-        mol.AddBond(i, j, ID_TO_BOND_ORDER[int(bonds[i, j])])
+        bond_id = int(bonds[i, j])
+        mol.AddBond(i, j, rdkit_bonds[bond_id])
+        if bond_id == aromatic_id:
+            mol.GetBondBetweenAtoms(i, j).SetIsAromatic(True)
     return mol.GetMol()
+
+
+def kekule_view(
+    atom_probs: np.ndarray, bond_probs: np.ndarray, vocab: Vocabulary
+) -> tuple[np.ndarray, np.ndarray, Vocabulary]:
+    """The probabilities over a Kekulé vocabulary: aromatic bond mass moved to single, atom types
+    with stated hydrogens merged into their plain (element, charge) type."""
+    plain_keys: list = []
+    for symbol, charge, _ in vocab.atom_types:
+        if (symbol, charge, 0) not in plain_keys:
+            plain_keys.append((symbol, charge, 0))
+    merge = np.zeros((vocab.num_atom_types, len(plain_keys)))
+    for row, (symbol, charge, _) in enumerate(vocab.atom_types):
+        merge[row, plain_keys.index((symbol, charge, 0))] = 1.0
+    kekule = Vocabulary(tuple(plain_keys), vocab.max_atoms, KEKULE_BONDS)
+    aromatic = vocab.bond_types.index("aromatic")
+    folded = bond_probs[..., : len(KEKULE_BONDS)].copy()
+    folded[..., KEKULE_BONDS.index("single")] += bond_probs[..., aromatic]
+    return atom_probs @ merge, folded, kekule
 
 
 def _symmetrise(bond_probs: np.ndarray) -> np.ndarray:

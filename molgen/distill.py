@@ -66,7 +66,7 @@ def clean_states_and_elbo(
     states, targets = [], []
     for start in range(0, len(rows), chunk):
         batch, dist = batch_of(rows[start : start + chunk])
-        x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types)
+        x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
         t = torch.zeros(batch.mask.shape[0])
         output = model(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist,
                        (x_atoms, x_bonds))
@@ -138,7 +138,7 @@ def with_mutants(data: TrainingData, count: int, seed: int) -> tuple[BatchOf, np
     rng = np.random.default_rng(seed)
     train = data.indices("train")
     parents = rng.permutation(train)[: 2 * count] if count else np.array([], dtype=np.int64)
-    elements = tuple(sorted({symbol for symbol, charge in data.vocab.atom_types if charge == 0}))
+    elements = tuple(sorted({key[0] for key in data.vocab.atom_types if key[1] == 0}))
     found = single_edit_mutants([str(s) for s in data.smiles[parents]], set(map(str, data.smiles)), seed=seed,
                                 elements=elements, max_atoms=data.vocab.max_atoms)
     keep = [(row, mutant.smiles) for row, mutant in zip(parents, found) if mutant is not None]

@@ -144,7 +144,7 @@ def elbo(
     estimate is unbiased; the standard error treats the K draws as independent (conservative).
     """
     t_start = start_time(noise, clean_logsnr)
-    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types)
+    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
     constant = constant_terms(x_atoms, x_bonds, batch.mask, noise, size_log_probs, generator, t_start)
     size = batch.mask.shape[0]
     times, density = stratified_times(size, num_samples, t_start, proposal, generator, x_atoms.device)
@@ -175,7 +175,7 @@ def importance_proposal(
     on ``batch`` (the variance-optimal importance density, piecewise constant), mixed with a
     ``floor`` share of uniform so that no bin is starved."""
     t_start = start_time(noise, clean_logsnr)
-    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types)
+    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
     size = batch.mask.shape[0]
     second_moment = torch.zeros(bins)
     for b in range(bins):
@@ -192,7 +192,7 @@ def importance_proposal(
 @torch.no_grad()
 def log_density(model, batch: GraphBatch, dist: torch.Tensor, noise: NoiseProcess) -> torch.Tensor:
     """The density head at the clean end: log P(molecule) in nats from one forward pass (B,)."""
-    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types)
+    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
     t = torch.zeros(batch.mask.shape[0], device=batch.mask.device)
     output = model(
         x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist, (x_atoms, x_bonds)

@@ -57,7 +57,7 @@ def training_losses(
     mask = batch.mask
     size, n = mask.shape
     device = mask.device
-    x_atoms, x_bonds = batch.one_hot(config.num_atom_types)
+    x_atoms, x_bonds = batch.one_hot(config.num_atom_types, config.num_bond_types)
     atom_mask, pair_mask = mask.float(), upper_pair_mask(mask).float()
     full_pair_mask = pair_mask_of(mask)[..., None].float()
 

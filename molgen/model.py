@@ -31,7 +31,7 @@ class DiScoConfig:
     num_atom_types: int
     max_atoms: int
     atom_valences: tuple[int, ...]  # allowed valence per atom type, for the valence features
-    num_bond_types: int = 4
+    bond_orders: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)  # per bond type, for the valence features
     num_distributions: int = 1  # learned [DIST] embeddings; index num_distributions is the null one
     d_model: int = 128
     d_pair: int = 32
@@ -46,26 +46,35 @@ class DiScoConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["atom_valences"] = list(self.atom_valences)
+        data["bond_orders"] = list(self.bond_orders)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "DiScoConfig":
         data = dict(data)
         data["atom_valences"] = tuple(data["atom_valences"])
+        # Configs written before aromatic bonds name a count of Kekulé bond types instead.
+        data.pop("num_bond_types", None)
+        data["bond_orders"] = tuple(float(order) for order in data.get("bond_orders", cls.bond_orders))
         return cls(**data)
+
+    @property
+    def num_bond_types(self) -> int:
+        return len(self.bond_orders)
 
 
 class ModelOutput(NamedTuple):
     atom_logits: torch.Tensor  # (B, N, A)
-    bond_logits: torch.Tensor  # (B, N, N, 4), symmetric
+    bond_logits: torch.Tensor  # (B, N, N, bond types), symmetric
     density: torch.Tensor  # (B,) D(z, t, dist) in nats
     cls_state: torch.Tensor  # (B, d) the final [CLS] state the density head reads
 
 
-def valence_features(atom_probs: torch.Tensor, bond_probs: torch.Tensor, valences: torch.Tensor) -> torch.Tensor:
+def valence_features(
+    atom_probs: torch.Tensor, bond_probs: torch.Tensor, valences: torch.Tensor, bond_orders: torch.Tensor
+) -> torch.Tensor:
     """Expected valence and expected free valence (allowed minus used) per atom, scaled to ~[-1, 1]."""
-    orders = torch.arange(bond_probs.shape[-1], dtype=bond_probs.dtype, device=bond_probs.device)
-    used = (bond_probs * orders).sum(dim=(-1, -2))  # (B, N)
+    used = (bond_probs * bond_orders.to(bond_probs.dtype)).sum(dim=(-1, -2))  # (B, N)
     allowed = atom_probs @ valences.to(atom_probs.dtype)
     return torch.stack([used / 4.0, (allowed - used) / 4.0], dim=-1)
 
@@ -74,7 +83,7 @@ RING_WALK_LENGTHS = (3, 4, 5, 6)
 
 
 def ring_features(bond_probs: torch.Tensor) -> torch.Tensor:
-    """log(1 + closed walks of length 3..6 from each atom) on the expected adjacency (B, N, 4).
+    """log(1 + closed walks of length 3..6 from each atom) on the expected adjacency (B, N, 4 lengths).
 
     Rings (and whether an atom closes one) are what the per-pair channels see worst: a ring is a
     global property, and a Transformer reads it only after several layers of pair updates. Closed
@@ -163,6 +172,7 @@ class DiScoFormer(nn.Module):
         extra_atom = (a + 2 + len(RING_WALK_LENGTHS) * config.ring_features) if config.self_conditioning else 0
         extra_bond = b if config.self_conditioning else 0
         self.register_buffer("valences", torch.tensor(config.atom_valences, dtype=torch.float32), persistent=False)
+        self.register_buffer("bond_orders", torch.tensor(config.bond_orders, dtype=torch.float32), persistent=False)
         self.atom_in = nn.Linear(a + extra_atom, d)
         self.bond_in = nn.Linear(b + extra_bond, dp)
         self.position = nn.Parameter(torch.zeros(config.max_atoms, d))
@@ -196,7 +206,7 @@ class DiScoFormer(nn.Module):
         dist: torch.Tensor,
         self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> ModelOutput:
-        """z_atoms (B, N, A), z_bonds (B, N, N, 4), mask (B, N), log-SNRs (B,), dist (B,) long.
+        """z_atoms (B, N, A), z_bonds (B, N, N, bond types), mask (B, N), log-SNRs (B,), dist (B,) long.
 
         ``self_cond`` is the previous estimate (atom probabilities, bond probabilities) of the clean
         molecule, or None (zeros) when there is none yet.
@@ -210,7 +220,7 @@ class DiScoFormer(nn.Module):
                 prev_atoms, prev_bonds = torch.zeros_like(z_atoms), torch.zeros_like(z_bonds)
             else:
                 prev_atoms, prev_bonds = self_cond[0] * atom_mask, self_cond[1] * pair_mask
-            atom_inputs += [prev_atoms, valence_features(prev_atoms, prev_bonds, self.valences)]
+            atom_inputs += [prev_atoms, valence_features(prev_atoms, prev_bonds, self.valences, self.bond_orders)]
             if self.config.ring_features:
                 atom_inputs.append(ring_features(prev_bonds))
             bond_inputs.append(prev_bonds)

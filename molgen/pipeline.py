@@ -64,7 +64,7 @@ def sample_molecules(
         dist = torch.full((count,), dist_index, dtype=torch.long, device=device)
         denoiser = model_denoiser(model, mask, dist, loaded.noise)
         result = sample(
-            denoiser, mask, loaded.vocab.num_atom_types, loaded.noise, options.sampler, generator
+            denoiser, mask, loaded.vocab.num_atom_types, loaded.vocab.num_bond_types, loaded.noise, options.sampler, generator
         )
         moves += result.corrector_moves
         accepted += result.corrector_accepted

@@ -26,7 +26,7 @@ from molgen.tokenizer import pair_mask_of
 
 class Denoised(NamedTuple):
     atoms: torch.Tensor  # (B, N, A) estimate of the clean atom one-hots (probabilities)
-    bonds: torch.Tensor  # (B, N, N, 4)
+    bonds: torch.Tensor  # (B, N, N, bond types)
     density: torch.Tensor  # (B,) D(z, t)
 
 
@@ -47,7 +47,7 @@ class SamplerSettings:
 @dataclass
 class SampleResult:
     atoms: torch.Tensor  # (B, N, A) final clean-state probabilities
-    bonds: torch.Tensor  # (B, N, N, 4)
+    bonds: torch.Tensor  # (B, N, N, bond types)
     mask: torch.Tensor  # (B, N)
     corrector_moves: int
     corrector_accepted: int
@@ -81,6 +81,7 @@ def sample(
     denoiser: Denoiser,
     mask: torch.Tensor,
     num_atom_types: int,
+    num_bond_types: int,
     noise: NoiseProcess,
     settings: SamplerSettings,
     generator: torch.Generator | None = None,
@@ -92,7 +93,7 @@ def sample(
     shape_atoms = (size, n, num_atom_types)
     z = _State(
         torch.randn(shape_atoms, generator=generator, device=mask.device) * atom_mask,
-        symmetric_noise((size, n, n, 4), generator, mask.device, torch.float32) * pair_mask,
+        symmetric_noise((size, n, n, num_bond_types), generator, mask.device, torch.float32) * pair_mask,
     )
     times = torch.linspace(1.0, 0.0, settings.steps + 1, device=mask.device)
     self_cond = None

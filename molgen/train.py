@@ -25,6 +25,7 @@ from molgen.model import DiScoConfig, DiScoFormer
 from molgen.noise import LogSNRSchedule, NoiseProcess
 from molgen.novelty import smiles_hash
 from molgen.tokenizer import GraphBatch, Vocabulary, batch_from_arrays
+from molgen.transfer import transfer_weights
 
 CALIBRATION_QUANTILES = 101  # D at the 0th, 1st, ..., 100th percentile of held-out molecules
 
@@ -78,7 +79,10 @@ class TrainingData:
         for dataset in datasets:
             atom_types += [key for key in dataset.vocab.atom_types if key not in atom_types]
         n = max(d.vocab.max_atoms for d in datasets)
-        vocab = Vocabulary(tuple(atom_types), n)
+        bond_types = {d.vocab.bond_types for d in datasets}
+        if len(bond_types) > 1:
+            raise ValueError("training sets must all be prepared with the same bond types (--aromatic-bonds or not)")
+        vocab = Vocabulary(tuple(atom_types), n, bond_types.pop())
         parts = {"atoms": [], "bonds": [], "sizes": [], "dist": [], "split": [], "smiles": []}
         for index, dataset in enumerate(datasets):
             remap = np.array([vocab.index(key) for key in dataset.vocab.atom_types], dtype=np.int8)
@@ -133,6 +137,7 @@ class Trainer:
             num_atom_types=data.vocab.num_atom_types,
             max_atoms=data.vocab.max_atoms,
             atom_valences=tuple(int(v) for v in data.vocab.max_valences),
+            bond_orders=data.vocab.bond_orders,
             num_distributions=len(data.names),
             **config.model,
         )
@@ -162,6 +167,7 @@ class Trainer:
         self.metrics: dict = {}
         self.calibration: dict = {}
         self.stop_requested = False
+        self.initialized_from: dict | None = None
         val_rows = data.indices("val")
         if len(val_rows) == 0:
             val_rows = data.indices("test")
@@ -190,6 +196,7 @@ class Trainer:
                     "training_seconds": self.elapsed,
                     "step": self.step,
                     "epochs_done": self.step / self.steps_per_epoch,
+                    "initialized_from": self.initialized_from,
                 },
                 "model": self.model.state_dict(),
                 "ema": self.ema.state_dict(),
@@ -216,6 +223,19 @@ class Trainer:
         self.elapsed = float(payload["trainer"]["elapsed"])
         self.metrics = payload["metrics"]
         self.calibration = payload["calibration"]
+        self.initialized_from = payload["meta"].get("initialized_from")
+
+    def initialize_from(self, path: str | Path) -> list[str]:
+        """Start from another checkpoint's EMA weights, its vocabulary mapped onto this one's (see
+        :mod:`molgen.transfer`); optimizer and schedule start afresh. Returns the mapped tensors."""
+        payload = read_checkpoint(path)
+        mapped = transfer_weights(
+            self.model, self.data.vocab, payload["ema"], payload["model_config"], Vocabulary.from_dict(payload["vocab"])
+        )
+        self.ema.load_state_dict(self.model.state_dict())
+        self.initialized_from = {"path": str(path), "step": int(payload["meta"].get("step", 0)),
+                                 "training_seconds": float(payload["meta"].get("training_seconds", 0.0))}
+        return mapped
 
     # --- training ----------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:

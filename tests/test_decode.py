@@ -47,7 +47,7 @@ def test_constrained_decode_keeps_a_valid_raw_decode_unchanged(vocab):
 
 def _probs(vocab, atoms, bonds):
     n = len(atoms)
-    atom_probs = np.eye(vocab.num_atom_types)[[vocab.atom_types.index((a, 0)) for a in atoms]]
+    atom_probs = np.eye(vocab.num_atom_types)[[vocab.atom_types.index((a, 0, 0)) for a in atoms]]
     bond_ids = np.zeros((n, n), dtype=int)
     for i, j, order in bonds:
         bond_ids[i, j] = bond_ids[j, i] = order

@@ -26,7 +26,7 @@ def setup():
 
 def noisy_inputs(batch, vocab, t, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types)
+    x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
     noise = NoiseProcess()
     z_atoms = q_sample(x_atoms, t, noise.atoms, torch.randn(x_atoms.shape, generator=generator)) * batch.mask[..., None]
     z_bonds = q_sample(x_bonds, t, noise.bonds, symmetric_noise(x_bonds.shape, generator, "cpu", torch.float32))
@@ -92,7 +92,7 @@ def test_elbo_is_finite_with_standard_errors_and_sensible_constants(setup):
                             generator=torch.Generator().manual_seed(0))
     assert estimate.shape == stderr.shape == (len(SMILES),)
     assert torch.isfinite(estimate).all() and (stderr >= 0).all()
-    x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types)
+    x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
     constants = constant_terms(x_atoms, x_bonds, batch.mask, NoiseProcess(), size_log_probs)
     # Prior KL and reconstruction are tiny at log-SNR -9 / +9; the size term is log 10.
     assert torch.allclose(constants, torch.full_like(constants, math.log(10)), atol=0.1)
@@ -170,7 +170,7 @@ def test_ring_features_count_closed_walks_of_the_estimated_graph(setup):
     vocab, _, _ = setup
     mols = [parse_smiles(s) for s in ("CCC", "C1CC1", "c1ccoc1")]
     batch = collate([encode(m, vocab) for m in mols], vocab.max_atoms)
-    _, x_bonds = batch.one_hot(vocab.num_atom_types)
+    _, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
     features = ring_features(x_bonds * pair_mask_of(batch.mask)[..., None])
     assert features.shape == (3, 9, len(RING_WALK_LENGTHS))
     walks = torch.expm1(features)

@@ -29,7 +29,7 @@ def exact_denoiser(z_atoms, z_bonds, t, self_cond):
 
 def run(settings, seed, size=400):
     mask = torch.ones(size, 2, dtype=torch.bool)
-    return sample(exact_denoiser, mask, 2, NOISE, settings, torch.Generator().manual_seed(seed))
+    return sample(exact_denoiser, mask, 2, 4, NOISE, settings, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("settings", [SamplerSettings(steps=50), SamplerSettings(steps=30, corrector_steps=1, snr=0.1)])
@@ -59,6 +59,6 @@ def test_mala_acceptance_is_reported_and_a_probability():
 
 def test_bond_channels_stay_symmetric_and_padding_zero():
     mask = torch.tensor([[True, True], [True, False]])
-    result = sample(exact_denoiser, mask, 2, NOISE, SamplerSettings(steps=5), torch.Generator().manual_seed(0))
+    result = sample(exact_denoiser, mask, 2, 4, NOISE, SamplerSettings(steps=5), torch.Generator().manual_seed(0))
     assert torch.allclose(result.bonds, result.bonds.transpose(1, 2))
     assert np.isfinite(result.atoms.numpy()).all()

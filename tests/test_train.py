@@ -58,7 +58,7 @@ def test_consistency_loss_falls_when_trained(tmp_path):
     batch, dist = data.batch(data.indices("train"))
     generator = torch.Generator().manual_seed(3)
     t = torch.rand(len(dist), generator=generator) * 0.8 + 0.1
-    x_atoms, x_bonds = batch.one_hot(data.vocab.num_atom_types)
+    x_atoms, x_bonds = batch.one_hot(data.vocab.num_atom_types, data.vocab.num_bond_types)
     z_atoms = q_sample(x_atoms, t, trainer.noise.atoms, torch.randn(x_atoms.shape, generator=generator))
     z_bonds = q_sample(x_bonds, t, trainer.noise.bonds, symmetric_noise(x_bonds.shape, generator, "cpu", torch.float32))
 
