@@ -479,7 +479,8 @@ def info(
     table.add_column("")
     rows = [
         ("distributions", ", ".join(loaded.distributions)),
-        ("vocabulary", f"{', '.join(loaded.vocab.labels)}; up to {loaded.vocab.max_atoms} heavy atoms"),
+        ("vocabulary", f"{', '.join(loaded.vocab.labels)}; bonds {', '.join(loaded.vocab.bond_types[1:])}; "
+                       f"up to {loaded.vocab.max_atoms} heavy atoms"),
         ("parameters", f"{meta.get('parameters', loaded.model.num_parameters()):,}"),
         ("architecture", f"{model_config.n_layers} layers, d_model {model_config.d_model}, d_pair "
                          f"{model_config.d_pair}, self-conditioning {model_config.self_conditioning}"),
@@ -488,6 +489,10 @@ def info(
                      f"step {meta.get('step', 0):,}"),
         ("training set hashes", "yes (novelty)" if loaded.train_hashes is not None else "no"),
     ]
+    if meta.get("initialized_from"):
+        start = meta["initialized_from"]
+        rows.insert(6, ("initialized from", f"{Path(start['path']).name}: {start['training_seconds'] / 60:.0f} min, "
+                                            f"step {start['step']:,} (not counted above)"))
     for key in ("val_elbo_nats", "val_elbo_stderr", "spearman_density_elbo", "val_molecules"):
         if key in metrics:
             value = metrics[key]

@@ -1,0 +1,91 @@
+import pandas as pd
+import pytest
+import torch
+from conftest import shared_file
+from typer.testing import CliRunner
+
+from molgen.chemistry import parse_smiles
+from molgen.cli import app
+from molgen.data import prepare_dataset
+from molgen.noise import NoiseProcess
+from molgen.tokenizer import collate, encode
+from molgen.train import TrainConfig, Trainer, TrainingData
+
+TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
+
+
+def training_data(path, aromatic_bonds: bool) -> TrainingData:
+    dataset, _ = prepare_dataset(path, val_fraction=0.1, use_cache=False, aromatic_bonds=aromatic_bonds)
+    return TrainingData.combine([dataset], ["qm9"])
+
+
+@pytest.fixture(scope="module")
+def qm9_csv(tmp_path_factory):
+    smiles = pd.read_csv(shared_file("qm9.csv"))["smiles"]
+    # enough rows for pyrrole-type [nH] and the charged types to appear in the aromatic vocabulary
+    picked = pd.concat([smiles.iloc[:300], smiles[smiles.str.contains(r"\[nH\]")].iloc[:20]])
+    path = tmp_path_factory.mktemp("qm9") / "qm9_small.csv"
+    picked.to_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def kekule_checkpoint(qm9_csv, tmp_path_factory):
+    data = training_data(qm9_csv, aromatic_bonds=False)
+    trainer = Trainer(TrainConfig(epochs=1, batch_size=16, model=TINY, val_molecules=8), data,
+                      tmp_path_factory.mktemp("run"))
+    order = trainer.epoch_order(0)
+    for index in range(5):  # a few steps, so that no weight is still at its initial value
+        trainer.train_step(order[index * 16 : (index + 1) * 16])
+    trainer.ema.load_state_dict(trainer.model.state_dict())
+    trainer.save()
+    return trainer
+
+
+def outputs_on_clean_molecule(model, vocab, smiles):
+    batch = collate([encode(parse_smiles(smiles), vocab)], vocab.max_atoms)
+    x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
+    noise = NoiseProcess()
+    t = torch.tensor([0.3])
+    with torch.no_grad():
+        return model.eval()(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t),
+                            torch.zeros(1, dtype=torch.long))
+
+
+def test_weights_carry_over_to_an_aromatic_vocabulary_by_type(qm9_csv, kekule_checkpoint, tmp_path):
+    source_vocab = kekule_checkpoint.data.vocab
+    data = training_data(qm9_csv, aromatic_bonds=True)
+    assert ("N", 0, 1) in data.vocab.atom_types and data.vocab.atom_types != source_vocab.atom_types
+    trainer = Trainer(TrainConfig(epochs=1, batch_size=16, model=TINY, val_molecules=8), data, tmp_path / "run")
+    mapped = trainer.initialize_from(kekule_checkpoint.checkpoint_path)
+    assert set(mapped) == {"atom_in.weight", "bond_in.weight", "atom_head.weight", "atom_head.bias",
+                           "bond_head.3.weight", "bond_head.3.bias"}
+
+    # On a molecule without aromatic rings (the same graph in both vocabularies) the two models agree:
+    # the same logits per atom type and bond type, and the new aromatic bond logit is the mean of
+    # the single and double ones.
+    smiles = "CC(O)C#N"
+    before = outputs_on_clean_molecule(kekule_checkpoint.ema, source_vocab, smiles)
+    after = outputs_on_clean_molecule(trainer.ema, data.vocab, smiles)
+    order = [data.vocab.index(key) for key in source_vocab.atom_types]
+    torch.testing.assert_close(after.atom_logits[..., order], before.atom_logits)
+    torch.testing.assert_close(after.bond_logits[..., :4], before.bond_logits)
+    torch.testing.assert_close(after.bond_logits[..., 4], before.bond_logits[..., 1:3].mean(-1))
+    torch.testing.assert_close(after.density, before.density)
+    # [nH] starts as the plain nitrogen did
+    nitrogen, pyrrole_nitrogen = data.vocab.index(("N", 0, 0)), data.vocab.index(("N", 0, 1))
+    torch.testing.assert_close(trainer.model.atom_head.weight[pyrrole_nitrogen], trainer.model.atom_head.weight[nitrogen])
+
+
+def test_another_architecture_is_refused_with_the_reason(qm9_csv, kekule_checkpoint, tmp_path):
+    data = training_data(qm9_csv, aromatic_bonds=True)
+    wider = Trainer(TrainConfig(epochs=1, model={**TINY, "d_model": 64, "d_ff": 128}), data, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"is \(.*\) in the source and \(.*\) here"):
+        wider.initialize_from(kekule_checkpoint.checkpoint_path)
+
+
+def test_cli_init_from_and_resume_are_exclusive(kekule_checkpoint, tmp_path):
+    result = CliRunner().invoke(app, ["train", "qm9", "--init-from", str(kekule_checkpoint.checkpoint_path),
+                                      "--resume", "-o", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--init-from starts a new run" in result.output
