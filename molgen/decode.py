@@ -5,9 +5,10 @@
 * :func:`decode_constrained` is what users get: it keeps the argmax atom types where it can and adds
   bonds in order of probability only while every atom stays within its allowed (charge-aware)
   valence, so the result is always a valid, connected molecule. With aromatic bonds it returns the
-  argmax graph when that kekulizes; otherwise it works on the Kekulé view of the probabilities, in
-  which an aromatic bond counts as single (an aromatic ring that cannot be kekulized becomes
-  saturated rather than cumulated) and an aromatic atom type with stated hydrogens as its plain type.
+  argmax graph when that kekulizes; otherwise it works on the Kekulé view of the probabilities
+  (:func:`kekule_view`), where the argmax's aromatic bonds become the double bonds of a maximum
+  matching and single bonds elsewhere. RDKit's kekulization needs a perfect matching and fails
+  without one; a maximum matching keeps as much of a broken aromatic ring as valences allow.
 
 Inputs are one molecule's probabilities: ``atom_probs`` (n, A) and ``bond_probs`` (n, n, B) over the
 vocabulary's bond types; they need not be normalised or symmetric (the mean of (i, j) and (j, i) is
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import networkx as nx
 import numpy as np
 from rdkit import Chem
 
@@ -69,8 +71,7 @@ def decode_constrained(
         raw = decode_raw(atom_probs, bond_probs, vocab)
         if raw.valid:
             return ConstrainedDecode(raw.mol, False)
-        atom_probs, bond_probs, vocab = kekule_view(atom_probs, bond_probs, vocab)
-        return ConstrainedDecode(decode_constrained(atom_probs, bond_probs, vocab).mol, True)
+        return ConstrainedDecode(decode_constrained(*kekule_view(atom_probs, bond_probs, vocab)).mol, True)
     raw_atoms, raw_bonds = argmax_graph(atom_probs, bond_probs)
     valences = vocab.max_valences
     atom_types = _tree_feasible_atom_types(atom_probs, raw_atoms.copy(), valences)
@@ -120,8 +121,9 @@ def build_molecule(atom_types: np.ndarray, bonds: np.ndarray, vocab: Vocabulary)
 def kekule_view(
     atom_probs: np.ndarray, bond_probs: np.ndarray, vocab: Vocabulary
 ) -> tuple[np.ndarray, np.ndarray, Vocabulary]:
-    """The probabilities over a Kekulé vocabulary: aromatic bond mass moved to single, atom types
-    with stated hydrogens merged into their plain (element, charge) type."""
+    """The probabilities over a Kekulé vocabulary: atom types with stated hydrogens merged into their
+    plain (element, charge) type; aromatic bond mass moved to double on the bonds of
+    :func:`aromatic_double_bonds`, to single elsewhere."""
     plain_keys: list = []
     for symbol, charge, _ in vocab.atom_types:
         if (symbol, charge, 0) not in plain_keys:
@@ -131,9 +133,28 @@ def kekule_view(
         merge[row, plain_keys.index((symbol, charge, 0))] = 1.0
     kekule = Vocabulary(tuple(plain_keys), vocab.max_atoms, KEKULE_BONDS)
     aromatic = vocab.bond_types.index("aromatic")
+    doubles = aromatic_double_bonds(atom_probs, bond_probs, vocab)
     folded = bond_probs[..., : len(KEKULE_BONDS)].copy()
-    folded[..., KEKULE_BONDS.index("single")] += bond_probs[..., aromatic]
+    folded[..., KEKULE_BONDS.index("single")] += np.where(doubles, 0.0, bond_probs[..., aromatic])
+    folded[..., KEKULE_BONDS.index("double")] += np.where(doubles, bond_probs[..., aromatic], 0.0)
     return atom_probs @ merge, folded, kekule
+
+
+def aromatic_double_bonds(atom_probs: np.ndarray, bond_probs: np.ndarray, vocab: Vocabulary) -> np.ndarray:
+    """(n, n) bool: a maximum matching on the argmax graph's aromatic bonds, among atoms with a
+    valence to spare once every bond counts at its lowest order (aromatic as single), so an atom
+    such as [nH] or furan's o, already full, takes no double bond."""
+    atom_types, bonds = argmax_graph(atom_probs, bond_probs)
+    aromatic = vocab.bond_types.index("aromatic")
+    lowest = np.array([1.0 if name == "aromatic" else order for name, order in zip(vocab.bond_types, vocab.bond_orders)])
+    spare = vocab.max_valences[atom_types] - lowest[bonds].sum(axis=1) >= 1
+    graph = nx.Graph()
+    rows, cols = np.nonzero(np.triu(bonds == aromatic, k=1))
+    graph.add_edges_from((i, j) for i, j in zip(rows.tolist(), cols.tolist()) if spare[i] and spare[j])
+    doubles = np.zeros(bonds.shape, dtype=bool)
+    for i, j in nx.max_weight_matching(graph, maxcardinality=True):
+        doubles[i, j] = doubles[j, i] = True
+    return doubles
 
 
 def _symmetrise(bond_probs: np.ndarray) -> np.ndarray:

@@ -99,6 +99,7 @@ def test_aromatic_atom_type_missing_from_the_vocabulary_is_named():
 
 
 # Every bond made aromatic: five aromatic carbons cannot be kekulized; a chain is no ring at all.
+# Either way a maximum matching keeps two double bonds (cyclopentadiene, butadiene).
 @pytest.mark.parametrize("smiles", ["C1CCCC1", "CCCC"])
 def test_constrained_decode_turns_impossible_aromatic_bonds_into_a_valid_molecule(smiles, aromatic_vocab):
     tokens = encode(parse_smiles(smiles), aromatic_vocab)
@@ -109,6 +110,21 @@ def test_constrained_decode_turns_impossible_aromatic_bonds_into_a_valid_molecul
     assert constrained.changed
     assert Chem.MolFromSmiles(Chem.MolToSmiles(constrained.mol)) is not None
     assert constrained.mol.GetNumAtoms() == len(tokens.atoms)
+    orders = [bond.GetBondTypeAsDouble() for bond in constrained.mol.GetBonds()]
+    assert orders.count(2.0) == 2 and len(orders) == len(tokens.bonds[tokens.bonds > 0]) // 2
+
+
+def test_constrained_decode_gives_no_double_bond_to_a_full_aromatic_atom(aromatic_vocab):
+    """Pyrrole with one ring bond lost: [nH] has no valence to spare, so the two double bonds go
+    to the four carbons, not to the nitrogen."""
+    tokens = encode(parse_smiles("c1cc[nH]c1"), aromatic_vocab)
+    atom_probs, bond_probs = one_hot_probs(tokens, aromatic_vocab)
+    i, j = np.argwhere(np.triu(tokens.bonds == 4))[0]
+    bond_probs[i, j] = bond_probs[j, i] = np.eye(5)[0]  # one aromatic bond dropped: no ring left
+    constrained = decode_constrained(atom_probs, bond_probs, aromatic_vocab)
+    nitrogen = next(atom for atom in constrained.mol.GetAtoms() if atom.GetSymbol() == "N")
+    assert all(bond.GetBondTypeAsDouble() == 1.0 for bond in nitrogen.GetBonds())
+    assert nitrogen.GetTotalNumHs() == 1
 
 
 def test_encoding_does_not_depend_on_input_atom_order(vocab):
