@@ -116,6 +116,9 @@ def write_benchmarks_md(parts: dict) -> None:
         model = result.get("model", {})
         label = names[part].format(params=f"{model.get('parameters') or 0:,}", epochs=round(model.get("epochs") or 0),
                                    minutes=(model.get("training_seconds") or 0) / 60)
+        if model.get("initialized_from"):
+            start = model["initialized_from"]
+            label = label[:-1] + f", started from a model of {start['training_seconds'] / 60:.0f} CPU-min)"
         lines.append(f"| {label} | " + " | ".join(fmt(generation.get(key), kind) for _, key, kind in columns) + " |")
     for row in PUBLISHED:
         lines.append(f"| {row['model']} | " + " | ".join(fmt(row.get(key), kind) for _, key, kind in columns) + " |")

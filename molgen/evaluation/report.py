@@ -163,6 +163,7 @@ def model_card(loaded: LoadedModel) -> dict:
         "parameters": meta.get("parameters"),
         "training_seconds": meta.get("training_seconds"),
         "epochs": meta.get("epochs_done"),
+        "initialized_from": meta.get("initialized_from"),  # a warm start's own training, not counted above
         "distributions": loaded.distributions,
         "data_fingerprints": meta.get("data_fingerprints"),
     }
