@@ -52,6 +52,11 @@ class Failure(Exception):
     """A run that started but cannot finish (exit code 1)."""
 
 
+AROMATIC_BONDS_OPTION = typer.Option(
+    False, help="Keep aromatic bonds as their own bond type (and [nH]-style atom types) instead of kekulizing."
+)
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -162,9 +167,7 @@ def data_prepare(
     workers: int = typer.Option(2, min=1, help="Worker processes for RDKit."),
     download: bool = typer.Option(False, help="Download QM9 if it is not found locally."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Re-encode even if a cached copy exists."),
-    aromatic_bonds: bool = typer.Option(
-        False, help="Keep aromatic bonds as their own bond type (and [nH]-style atom types) instead of kekulizing."
-    ),
+    aromatic_bonds: bool = AROMATIC_BONDS_OPTION,
 ) -> None:
     """Read a molecule source, encode it, cache the tensors; print counts per status and split sizes."""
     started = time.perf_counter()
@@ -234,9 +237,7 @@ def train(
     logsnr_min: float = typer.Option(-9.0),
     val_molecules: int = typer.Option(1000, min=1, help="Held-out molecules for the per-epoch validation ELBO."),
     workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
-    aromatic_bonds: bool = typer.Option(
-        False, help="Keep aromatic bonds as their own bond type (and [nH]-style atom types) instead of kekulizing."
-    ),
+    aromatic_bonds: bool = AROMATIC_BONDS_OPTION,
     init_from: Optional[Path] = typer.Option(
         None, help="Start from this checkpoint's weights (its size options win), vocabularies mapped by atom and bond "
         "type; optimizer and schedule start afresh.",
@@ -254,12 +255,13 @@ def train(
     datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     model_options = {"d_model": d_model, "d_pair": d_pair, "n_layers": n_layers, "n_heads": n_heads,
                      "d_ff": 2 * d_model, "self_conditioning": self_conditioning, "ring_features": ring_features}
+    source = None
     if init_from is not None:
         try:
-            source_config = read_checkpoint(init_from)["model_config"]
+            source = read_checkpoint(init_from)
         except (FileNotFoundError, ValueError) as error:
             raise _fail(str(error), 2) from None
-        model_options = {key: source_config[key] for key in model_options if key in source_config}
+        model_options = {key: source["model_config"][key] for key in model_options if key in source["model_config"]}
 
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_minutes=max_minutes,
@@ -273,8 +275,8 @@ def train(
     try:
         if resume:
             trainer.resume()
-        elif init_from is not None:
-            mapped = trainer.initialize_from(init_from)
+        elif source is not None:
+            mapped = trainer.initialize_from(init_from, source)
             Console().print(f"initialized from {init_from} ({', '.join(mapped)} mapped by type)", highlight=False)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error), 2) from None
@@ -317,11 +319,9 @@ def _training_sets(
     try:
         datasets, names = [], []
         for source in data:
-            if source == "qm9":
-                files = locate_qm9(qm9_path)
-                dataset, _ = prepare_dataset(files.csv, files.test_idx, workers=workers, aromatic_bonds=aromatic_bonds)
-            else:
-                dataset, _ = prepare_dataset(Path(source), workers=workers, aromatic_bonds=aromatic_bonds)
+            files = locate_qm9(qm9_path) if source == "qm9" else None
+            path, test_idx = (files.csv, files.test_idx) if files else (Path(source), None)
+            dataset, _ = prepare_dataset(path, test_idx, workers=workers, aromatic_bonds=aromatic_bonds)
             datasets.append(dataset)
             names.append(source if source == "qm9" else Path(source).stem)
     except (InputError, FileNotFoundError) as error:

@@ -2,10 +2,10 @@
 
 * :func:`decode_raw` takes the argmax of everything and sanitizes; it may fail, and its success rate
   is the "validity without correction" that papers report.
-* :func:`decode_constrained` is what users get: it keeps the argmax atom types where it can and adds
-  bonds in order of probability only while every atom stays within its allowed (charge-aware)
-  valence, so the result is always a valid, connected molecule. With aromatic bonds it returns the
-  argmax graph when that kekulizes; otherwise it works on the Kekulé view of the probabilities
+* :func:`decode_constrained` is what users get: the argmax graph when that is valid; otherwise it
+  keeps the argmax atom types where it can and adds bonds in order of probability only while every
+  atom stays within its allowed (charge-aware) valence, so the result is always a valid, connected
+  molecule. With aromatic bonds it first turns to the Kekulé view of the probabilities
   (:func:`kekule_view`), where the argmax's aromatic bonds become the double bonds of a maximum
   matching and single bonds elsewhere. RDKit's kekulization needs a perfect matching and fails
   without one; a maximum matching keeps as much of a broken aromatic ring as valences allow.
@@ -60,26 +60,26 @@ def decode_raw(atom_probs: np.ndarray, bond_probs: np.ndarray, vocab: Vocabulary
 
 
 def decode_constrained(
-    atom_probs: np.ndarray, bond_probs: np.ndarray, vocab: Vocabulary
+    atom_probs: np.ndarray, bond_probs: np.ndarray, vocab: Vocabulary, raw: RawDecode | None = None
 ) -> ConstrainedDecode:
+    """``raw``: :func:`decode_raw` of the same probabilities, when the caller has it already."""
     atom_probs = np.asarray(atom_probs, dtype=np.float64)
     bond_probs = _symmetrise(np.asarray(bond_probs, dtype=np.float64))
     n = atom_probs.shape[0]
     if n == 0:
         raise ValueError("cannot decode a molecule with no atoms")
-    if vocab.aromatic_bonds:
+    if raw is None:
         raw = decode_raw(atom_probs, bond_probs, vocab)
-        if raw.valid:
-            return ConstrainedDecode(raw.mol, False)
+    if raw.valid:  # a valid, connected argmax graph is kept as it is
+        return ConstrainedDecode(raw.mol, False)
+    if vocab.aromatic_bonds:
         return ConstrainedDecode(decode_constrained(*kekule_view(atom_probs, bond_probs, vocab)).mol, True)
-    raw_atoms, raw_bonds = argmax_graph(atom_probs, bond_probs)
     valences = vocab.max_valences
-    atom_types = _tree_feasible_atom_types(atom_probs, raw_atoms.copy(), valences)
+    atom_types = _tree_feasible_atom_types(atom_probs, atom_probs.argmax(axis=-1), valences)
     bonds = _assign_bonds(bond_probs, valences[atom_types].copy())
     mol = build_molecule(atom_types, bonds, vocab)
     Chem.SanitizeMol(mol)  # cannot fail by construction; an exception here is a bug worth seeing
-    changed = bool((atom_types != raw_atoms).any() or (bonds != raw_bonds).any())
-    return ConstrainedDecode(mol, changed)
+    return ConstrainedDecode(mol, True)  # the raw graph was invalid, so this one differs from it
 
 
 def argmax_graph(atom_probs: np.ndarray, bond_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,10 +124,7 @@ def kekule_view(
     """The probabilities over a Kekulé vocabulary: atom types with stated hydrogens merged into their
     plain (element, charge) type; aromatic bond mass moved to double on the bonds of
     :func:`aromatic_double_bonds`, to single elsewhere."""
-    plain_keys: list = []
-    for symbol, charge, _ in vocab.atom_types:
-        if (symbol, charge, 0) not in plain_keys:
-            plain_keys.append((symbol, charge, 0))
+    plain_keys = list(dict.fromkeys((symbol, charge, 0) for symbol, charge, _ in vocab.atom_types))
     merge = np.zeros((vocab.num_atom_types, len(plain_keys)))
     for row, (symbol, charge, _) in enumerate(vocab.atom_types):
         merge[row, plain_keys.index((symbol, charge, 0))] = 1.0

@@ -82,6 +82,12 @@ def valence_features(
 RING_WALK_LENGTHS = (3, 4, 5, 6)
 
 
+def derived_atom_features(config: DiScoConfig) -> int:
+    """Per-atom inputs computed from the self-conditioning estimate, after its atom channels:
+    valence features (2), then ring features when on."""
+    return 2 + len(RING_WALK_LENGTHS) * config.ring_features
+
+
 def ring_features(bond_probs: torch.Tensor) -> torch.Tensor:
     """log(1 + closed walks of length 3..6 from each atom) on the expected adjacency (B, N, 4 lengths).
 
@@ -169,7 +175,7 @@ class DiScoFormer(nn.Module):
         self.config = config
         d, dp = config.d_model, config.d_pair
         a, b = config.num_atom_types, config.num_bond_types
-        extra_atom = (a + 2 + len(RING_WALK_LENGTHS) * config.ring_features) if config.self_conditioning else 0
+        extra_atom = (a + derived_atom_features(config)) if config.self_conditioning else 0
         extra_bond = b if config.self_conditioning else 0
         self.register_buffer("valences", torch.tensor(config.atom_valences, dtype=torch.float32), persistent=False)
         self.register_buffer("bond_orders", torch.tensor(config.bond_orders, dtype=torch.float32), persistent=False)

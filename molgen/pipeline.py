@@ -71,7 +71,7 @@ def sample_molecules(
         atoms, bonds = result.atoms.cpu().numpy(), result.bonds.cpu().numpy()
         for i, k in enumerate(sizes.tolist()):
             raw = decode_raw(atoms[i, :k], bonds[i, :k, :k], loaded.vocab)
-            fixed = decode_constrained(atoms[i, :k], bonds[i, :k, :k], loaded.vocab)
+            fixed = decode_constrained(atoms[i, :k], bonds[i, :k, :k], loaded.vocab, raw)
             rows.append({
                 "smiles": canonical_smiles(fixed.mol),
                 "raw_valid": raw.valid,

@@ -225,10 +225,11 @@ class Trainer:
         self.calibration = payload["calibration"]
         self.initialized_from = payload["meta"].get("initialized_from")
 
-    def initialize_from(self, path: str | Path) -> list[str]:
+    def initialize_from(self, path: str | Path, payload: dict | None = None) -> list[str]:
         """Start from another checkpoint's EMA weights, its vocabulary mapped onto this one's (see
-        :mod:`molgen.transfer`); optimizer and schedule start afresh. Returns the mapped tensors."""
-        payload = read_checkpoint(path)
+        :mod:`molgen.transfer`); optimizer and schedule start afresh. ``payload`` is that checkpoint
+        when the caller has read it already. Returns the mapped tensors."""
+        payload = payload if payload is not None else read_checkpoint(path)
         mapped = transfer_weights(
             self.model, self.data.vocab, payload["ema"], payload["model_config"], Vocabulary.from_dict(payload["vocab"])
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from molgen.model import RING_WALK_LENGTHS, DiScoFormer
+from molgen.model import DiScoFormer, derived_atom_features
 from molgen.tokenizer import Vocabulary
 
 # Bond types without a counterpart in the source, as mixtures of source bond types.
@@ -78,10 +78,9 @@ def transfer_weights(
         source_config.get("ring_features", False)
     ) != config.ring_features:
         raise ValueError("the source checkpoint's self-conditioning inputs differ from this model's")
-    extras = 2 + len(RING_WALK_LENGTHS) * config.ring_features  # valence features, then ring features
     self_cond = config.self_conditioning
     atom_segments = [(atoms, source_vocab.num_atom_types)] + (
-        [(atoms, source_vocab.num_atom_types), (None, extras)] if self_cond else []
+        [(atoms, source_vocab.num_atom_types), (None, derived_atom_features(config))] if self_cond else []
     )
     bond_segments = [(bonds, source_vocab.num_bond_types)] * (2 if self_cond else 1)
     mapped_inputs = {"atom_in.weight": atom_segments, "bond_in.weight": bond_segments}
