@@ -34,6 +34,7 @@ from molgen.evaluation.report import (
     floor_reference,
     load_reference_data,
 )
+from molgen.sampler import SamplerSettings
 
 PARTS = ("discoformer", "floor", "smiles_lm")
 LM_CHECKPOINT = REPO / "runs" / "smiles_lm.pt"
@@ -184,6 +185,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--density-molecules", type=int, default=1000)
     parser.add_argument("--elbo-samples", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampler temperature of the DiScoFormer.")
     parser.add_argument("--only", default=",".join(PARTS), help="Comma-separated parts to (re)run.")
     parser.add_argument("--lm-epochs", type=int, default=10)
     parser.add_argument("--lm-max-minutes", type=float, default=35.0)
@@ -199,6 +201,7 @@ def main() -> None:
         started = time.perf_counter()
         if part == "discoformer":
             result = evaluate_discoformer(load_model(args.checkpoint), data, args.n, args.seed, args.elbo_samples,
+                                          SamplerSettings(temperature=args.temperature),
                                           log=lambda message: print(f"   {message}", flush=True))
             result["checkpoint"] = args.checkpoint or "bundled"
         elif part == "floor":

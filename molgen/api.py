@@ -41,6 +41,7 @@ class Model:
         corrector_steps: int = 0,
         snr: float = 0.1,
         mala: bool = False,
+        temperature: float = 1.0,
         min_percentile: float | None = None,
         apply_filters: bool = True,
         props: tuple[str, ...] = (),
@@ -53,7 +54,8 @@ class Model:
         """Sample ``n`` molecules; the same columns as ``molgen generate`` (ranked best first)."""
         options = GenerateOptions(
             n=n, seed=seed, batch_size=batch_size, device=self.device,
-            sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala),
+            sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,
+                                    temperature=temperature),
             distribution=distribution, num_atoms=num_atoms, apply_filters=apply_filters,
             checks=CheckConfig.from_strings(rules, alerts, props),
         )

@@ -378,6 +378,9 @@ def generate(
     corrector_steps: int = typer.Option(0, min=0, help="Langevin corrector moves per step."),
     snr: float = typer.Option(0.1, min=0.0, help="Target signal-to-noise ratio of the corrector."),
     mala: bool = typer.Option(False, help="Metropolis-adjust the corrector with the density head."),
+    temperature: float = typer.Option(
+        1.0, min=0.0, help="Scale of the predictor's noise: below 1 gives fewer invalid but less varied molecules.",
+    ),
     batch_size: int = typer.Option(500, min=1),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     distribution: Optional[str] = typer.Option(None, help="Training distribution to sample ('null' = generic)."),
@@ -404,7 +407,8 @@ def generate(
         raise _fail(str(error), 2) from None
     options = GenerateOptions(
         n=n, seed=seed, batch_size=batch_size, device=device, distribution=distribution, num_atoms=num_atoms,
-        sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala),
+        sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,
+                                temperature=temperature),
         min_percentile=min_percentile, apply_filters=not no_filter, checks=checks,
     )
     started = time.perf_counter()
@@ -525,6 +529,7 @@ def evaluate(
     elbo_samples: int = typer.Option(
         256, min=2, help="Noise levels per ELBO estimate (the yardstick for Spearman and the NLL bound)."
     ),
+    temperature: float = typer.Option(1.0, min=0.0, help="Sampler temperature, as in `molgen generate`."),
 ) -> None:
     """Generation and density metrics against the QM9 test split, with the kNN-Tanimoto reference."""
     from molgen.evaluation.generation import generation_metrics
@@ -542,7 +547,8 @@ def evaluate(
     started = time.perf_counter()
     if samples is None:
         with console.status("evaluating") as status:
-            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, log=status.update)
+            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, SamplerSettings(temperature=temperature),
+                                          log=status.update)
         report["checkpoint"] = str(checkpoint or "bundled")
     else:
         with console.status(f"evaluating {len(sample_smiles):,} molecules of {samples}"):

@@ -5,7 +5,8 @@ the clean molecule and its density D(z, t). From it the score follows by Tweedie
 sampler needs nothing else from the model, and any function of that shape can be sampled.
 
 Each step from t to s < t:
-  * predictor: a draw from the Gaussian posterior q(z_s | z_t, x0_hat) (reverse diffusion);
+  * predictor: a draw from the Gaussian posterior q(z_s | z_t, x0_hat) (reverse diffusion), its
+    noise scaled by ``temperature`` (below 1: fewer, surer molecules; 1 samples the model as trained);
   * corrector (``corrector_steps`` times): a Langevin move ``z + e * score + sqrt(2 e) * xi`` with the
     step size ``e`` set per molecule by the target signal-to-noise ratio ``snr``; with ``mala`` the
     move is accepted or rejected by Metropolis-Hastings using the density head D as the energy.
@@ -39,9 +40,11 @@ class SamplerSettings:
     corrector_steps: int = 0
     snr: float = 0.1
     mala: bool = False
+    temperature: float = 1.0
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "corrector_steps": self.corrector_steps, "snr": self.snr, "mala": self.mala}
+        return {"steps": self.steps, "corrector_steps": self.corrector_steps, "snr": self.snr, "mala": self.mala,
+                "temperature": self.temperature}
 
 
 @dataclass
@@ -110,17 +113,18 @@ def sample(
         estimate = denoiser(z.atoms, z.bonds, t, self_cond)
         self_cond = (estimate.atoms, estimate.bonds)
         if index < settings.steps - 1:
-            z = _predictor(z, estimate, t, s, noise, atom_mask, pair_mask, generator)
+            z = _predictor(z, estimate, t, s, noise, settings.temperature, atom_mask, pair_mask, generator)
         if on_step:
             on_step(index + 1)
     return SampleResult(estimate.atoms, estimate.bonds, mask, moves, accepted)
 
 
-def _predictor(z, estimate: Denoised, t, s, noise: NoiseProcess, atom_mask, pair_mask, generator) -> _State:
+def _predictor(z, estimate: Denoised, t, s, noise: NoiseProcess, temperature: float, atom_mask, pair_mask,
+               generator) -> _State:
     mean_atoms, var_atoms = posterior(z.atoms, estimate.atoms, t, s, noise.atoms)
     mean_bonds, var_bonds = posterior(z.bonds, estimate.bonds, t, s, noise.bonds)
-    atoms = mean_atoms + var_atoms.sqrt() * _gaussian(z.atoms, generator, symmetric=False)
-    bonds = mean_bonds + var_bonds.sqrt() * _gaussian(z.bonds, generator, symmetric=True)
+    atoms = mean_atoms + temperature * var_atoms.sqrt() * _gaussian(z.atoms, generator, symmetric=False)
+    bonds = mean_bonds + temperature * var_bonds.sqrt() * _gaussian(z.bonds, generator, symmetric=True)
     return _State(atoms * atom_mask, bonds * pair_mask)
 
 

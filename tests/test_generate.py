@@ -42,8 +42,10 @@ def test_same_seed_same_molecules(tiny_checkpoint):
     a = model.generate(20, seed=3, steps=8, corrector_steps=1)
     b = model.generate(20, seed=3, steps=8, corrector_steps=1)
     c = model.generate(20, seed=4, steps=8, corrector_steps=1)
+    cooled = model.generate(20, seed=3, steps=8, corrector_steps=1, temperature=0.3)
     pd.testing.assert_frame_equal(a, b)
     assert a["smiles"].tolist() != c["smiles"].tolist()
+    assert a["smiles"].tolist() != cooled["smiles"].tolist()  # the temperature reaches the sampler
 
 
 def test_mala_acceptance_rate_is_reported(tiny_checkpoint):
@@ -81,6 +83,7 @@ def test_generate_cli_end_to_end(tiny_checkpoint, tmp_path):
     (["--prop", "bogus>1"], "unknown property"),
     (["--checkpoint", "missing.pt"], "does not exist"),
     (["--distribution", "zinc"], "unknown distribution 'zinc'"),
+    (["--temperature", "-1"], "--temperature"),
 ])
 def test_generate_usage_errors(tiny_checkpoint, tmp_path, args, message):
     base = ["generate", "-n", "4", "-o", str(tmp_path / "o.csv"), "--steps", "4"]

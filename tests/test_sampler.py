@@ -13,32 +13,54 @@ BONDS[1, 0, 1, 2] = BONDS[1, 1, 0, 2] = 1.0
 NOISE = NoiseProcess()
 
 
-def exact_denoiser(z_atoms, z_bonds, t, self_cond):
-    """The exact posterior mean and log-density of the two-point data distribution (weights 1/2)."""
-    alpha, sigma = NOISE.atoms.alpha_sigma(t)
-    alpha, sigma = alpha[:, None], sigma[:, None]
-    distance = ((z_atoms[:, None] - alpha[..., None, None] * ATOMS) ** 2).sum((2, 3)) + 0.5 * (
-        (z_bonds[:, None] - alpha[..., None, None, None] * BONDS) ** 2
-    ).sum((2, 3, 4))
-    log_components = -distance / (2 * sigma**2)
-    weights = torch.softmax(log_components, dim=1)
-    atoms = torch.einsum("bk,knc->bnc", weights, ATOMS)
-    bonds = torch.einsum("bk,knmc->bnmc", weights, BONDS)
-    return Denoised(atoms, bonds, torch.logsumexp(log_components, dim=1))
+def mixture_denoiser(weights: tuple[float, float]):
+    """The exact posterior mean and log-density of the two-point data distribution with these weights."""
+    log_weights = torch.log(torch.tensor(weights))
+
+    def denoise(z_atoms, z_bonds, t, self_cond):
+        alpha, sigma = NOISE.atoms.alpha_sigma(t)
+        alpha, sigma = alpha[:, None], sigma[:, None]
+        distance = ((z_atoms[:, None] - alpha[..., None, None] * ATOMS) ** 2).sum((2, 3)) + 0.5 * (
+            (z_bonds[:, None] - alpha[..., None, None, None] * BONDS) ** 2
+        ).sum((2, 3, 4))
+        log_components = -distance / (2 * sigma**2) + log_weights
+        posterior_weights = torch.softmax(log_components, dim=1)
+        atoms = torch.einsum("bk,knc->bnc", posterior_weights, ATOMS)
+        bonds = torch.einsum("bk,knmc->bnmc", posterior_weights, BONDS)
+        return Denoised(atoms, bonds, torch.logsumexp(log_components, dim=1))
+
+    return denoise
 
 
-def run(settings, seed, size=400):
+exact_denoiser = mixture_denoiser((0.5, 0.5))
+
+
+def shares(result) -> tuple[float, float]:
+    """Shares of the samples that decode to the first and to the second data point."""
+    first = (result.atoms[:, 0].argmax(-1) == 0) & (result.bonds[:, 0, 1].argmax(-1) == 1)
+    second = (result.atoms[:, 0].argmax(-1) == 1) & (result.bonds[:, 0, 1].argmax(-1) == 2)
+    return first.float().mean().item(), second.float().mean().item()
+
+
+def run(settings, seed, size=400, denoiser=exact_denoiser):
     mask = torch.ones(size, 2, dtype=torch.bool)
-    return sample(exact_denoiser, mask, 2, 4, NOISE, settings, torch.Generator().manual_seed(seed))
+    return sample(denoiser, mask, 2, 4, NOISE, settings, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("settings", [SamplerSettings(steps=50), SamplerSettings(steps=30, corrector_steps=1, snr=0.1)])
 def test_exact_denoiser_samples_the_two_molecules_in_equal_shares(settings):
-    result = run(settings, seed=0)
-    first = (result.atoms[:, 0].argmax(-1) == 0) & (result.bonds[:, 0, 1].argmax(-1) == 1)
-    second = (result.atoms[:, 0].argmax(-1) == 1) & (result.bonds[:, 0, 1].argmax(-1) == 2)
-    assert (first | second).all()  # only the data points come out
-    assert 0.4 < first.float().mean().item() < 0.6
+    first, second = shares(run(settings, seed=0))
+    assert first + second == pytest.approx(1.0)  # only the data points come out
+    assert 0.4 < first < 0.6
+
+
+def test_lower_temperature_concentrates_on_the_more_likely_molecule():
+    denoiser = mixture_denoiser((0.75, 0.25))
+    as_trained = shares(run(SamplerSettings(steps=50), seed=0, size=1000, denoiser=denoiser))
+    cooled = shares(run(SamplerSettings(steps=50, temperature=0.5), seed=0, size=1000, denoiser=denoiser))
+    assert sum(as_trained) == pytest.approx(1.0) and sum(cooled) == pytest.approx(1.0)
+    assert 0.68 < as_trained[0] < 0.85
+    assert cooled[0] > 0.9
 
 
 def test_same_seed_same_samples_other_seed_other_samples():

@@ -20,6 +20,7 @@ from molgen.evaluation.density import auroc, calibration, mean_with_stderr, spea
 from molgen.evaluation.generation import generation_metrics
 from molgen.io import read_molecules
 from molgen.pipeline import GenerateOptions, sample_molecules
+from molgen.sampler import SamplerSettings
 from molgen.scoring import Scorer
 
 Log = Callable[[str], None]
@@ -119,19 +120,21 @@ def knn_reference(data: ReferenceData, k: int = 5) -> dict:
 
 def evaluate_discoformer(
     loaded: LoadedModel, data: ReferenceData, n: int = 10_000, seed: int = 0, elbo_samples: int = 256,
-    log: Log = lambda message: None,
+    sampler: SamplerSettings = SamplerSettings(), log: Log = lambda message: None,
 ) -> dict:
-    """The full report of one checkpoint: generation metrics on ``n`` samples at default settings,
-    density metrics, and the kNN-Tanimoto reference on the same decoys."""
+    """The full report of one checkpoint: generation metrics on ``n`` samples drawn with ``sampler``
+    (default: the settings `molgen generate` uses), density metrics, and the kNN-Tanimoto reference
+    on the same decoys."""
     log(f"sampling {n:,} molecules")
     started = time.perf_counter()
-    frame, _ = sample_molecules(loaded, GenerateOptions(n=n, seed=seed))
+    frame, _ = sample_molecules(loaded, GenerateOptions(n=n, seed=seed, sampler=sampler))
     sampling_seconds = time.perf_counter() - started
     log("generation metrics (FCD, NSPDK, KL)")
     generation = generation_metrics(
         frame["smiles"].tolist(), data.test, set(data.train) | set(data.val), frame["raw_valid"].tolist()
     )
     generation["sampling_molecules_per_second"] = n / sampling_seconds
+    generation["sampler"] = sampler.to_dict()
     log(f"density metrics ({len(data.density_test):,} test molecules, {elbo_samples} ELBO levels)")
     density = discoformer_density(loaded, data, elbo_samples, seed)
     log("kNN-Tanimoto reference")
