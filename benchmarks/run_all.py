@@ -119,7 +119,8 @@ def write_benchmarks_md(parts: dict) -> None:
                                    minutes=(model.get("training_seconds") or 0) / 60)
         if model.get("initialized_from"):
             start = model["initialized_from"]
-            label = label[:-1] + f", started from a model of {start['training_seconds'] / 60:.0f} CPU-min)"
+            total = start.get("total_training_seconds", start["training_seconds"])
+            label = label[:-1] + f", started from models of {total / 60:.0f} CPU-min in all)"
         lines.append(f"| {label} | " + " | ".join(fmt(generation.get(key), kind) for _, key, kind in columns) + " |")
     for row in PUBLISHED:
         lines.append(f"| {row['model']} | " + " | ".join(fmt(row.get(key), kind) for _, key, kind in columns) + " |")

@@ -495,8 +495,10 @@ def info(
     ]
     if meta.get("initialized_from"):
         start = meta["initialized_from"]
+        total = start.get("total_training_seconds", start["training_seconds"])
         rows.insert(6, ("initialized from", f"{Path(start['path']).name}: {start['training_seconds'] / 60:.0f} min, "
-                                            f"step {start['step']:,} (not counted above)"))
+                                            f"step {start['step']:,}; {total / 60:.0f} min with its own warm starts "
+                                            "(not counted above)"))
     for key in ("val_elbo_nats", "val_elbo_stderr", "spearman_density_elbo", "val_molecules"):
         if key in metrics:
             value = metrics[key]

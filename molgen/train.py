@@ -234,8 +234,13 @@ class Trainer:
             self.model, self.data.vocab, payload["ema"], payload["model_config"], Vocabulary.from_dict(payload["vocab"])
         )
         self.ema.load_state_dict(self.model.state_dict())
-        self.initialized_from = {"path": str(path), "step": int(payload["meta"].get("step", 0)),
-                                 "training_seconds": float(payload["meta"].get("training_seconds", 0.0))}
+        own = float(payload["meta"].get("training_seconds", 0.0))
+        earlier = payload["meta"].get("initialized_from") or {}
+        # A chain of warm starts: the source's own time, and all the training that went into it.
+        self.initialized_from = {
+            "path": str(path), "step": int(payload["meta"].get("step", 0)), "training_seconds": own,
+            "total_training_seconds": own + float(earlier.get("total_training_seconds", earlier.get("training_seconds", 0.0))),
+        }
         return mapped
 
     # --- training ----------------------------------------------------------------------------

@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
 from conftest import shared_file
 from typer.testing import CliRunner
 
+from molgen.checkpoint import read_checkpoint, save_checkpoint
 from molgen.chemistry import parse_smiles
 from molgen.cli import app
 from molgen.data import prepare_dataset
@@ -75,6 +78,25 @@ def test_weights_carry_over_to_an_aromatic_vocabulary_by_type(qm9_csv, kekule_ch
     # [nH] starts as the plain nitrogen did
     nitrogen, pyrrole_nitrogen = data.vocab.index(("N", 0, 0)), data.vocab.index(("N", 0, 1))
     torch.testing.assert_close(trainer.model.atom_head.weight[pyrrole_nitrogen], trainer.model.atom_head.weight[nitrogen])
+
+
+def with_training_seconds(checkpoint: Path, seconds: float, path: Path) -> Path:
+    payload = read_checkpoint(checkpoint)
+    payload["meta"]["training_seconds"] = seconds
+    save_checkpoint(payload, path)
+    return path
+
+
+def test_a_chain_of_warm_starts_counts_all_earlier_training(qm9_csv, kekule_checkpoint, tmp_path):
+    data = training_data(qm9_csv, aromatic_bonds=True)
+    config = TrainConfig(epochs=1, batch_size=16, model=TINY, val_molecules=8)
+    second = Trainer(config, data, tmp_path / "second")
+    second.initialize_from(with_training_seconds(kekule_checkpoint.checkpoint_path, 600.0, tmp_path / "first.pt"))
+    second.save()
+    third = Trainer(config, data, tmp_path / "third")
+    third.initialize_from(with_training_seconds(second.checkpoint_path, 300.0, tmp_path / "second.pt"))
+    assert third.initialized_from["training_seconds"] == 300.0
+    assert third.initialized_from["total_training_seconds"] == 900.0
 
 
 def test_another_architecture_is_refused_with_the_reason(qm9_csv, kekule_checkpoint, tmp_path):
