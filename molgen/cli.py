@@ -595,6 +595,7 @@ def _report_table(report: dict) -> Table:
             ("NLL bound, test (nats)", f"{nll['mean']:.2f} ± {nll['stderr']:.2f}"),
             ("Spearman(D, ELBO)", number(density["spearman_density_elbo"])),
             ("  ELBO repeatability (ceiling)", number(density["elbo_repeatability_spearman"])),
+            ("Spearman(D, mean of both ELBOs)", number(density.get("spearman_density_elbo_pooled"))),
             ("AUROC log_density vs mutants", number(density["log_density"].get("auroc_vs_mutants"))),
             ("  kNN-Tanimoto reference", number(knn.get("auroc_vs_mutants"))),
             ("AUROC log_density vs drug-like", number(density["log_density"].get("auroc_vs_druglike"))),

@@ -136,6 +136,8 @@ def test_cli_evaluate_writes_a_complete_report_for_a_checkpoint(tiny_checkpoint,
     assert 0 <= report["reference_knn_tanimoto"]["auroc_vs_mutants"] <= 1
     assert np.isfinite(density["nll_bound_test"]["mean"])
     assert density["calibration_test"]["molecules"] > 0
+    assert -1 <= density["spearman_density_elbo_pooled"] <= 1
+    assert report["generation"]["sampler"]["temperature"] == 1.0
     assert "Spearman(D, ELBO)" in result.output and "FCD vs test" in result.output
 
 
