@@ -189,6 +189,7 @@ def headline_figures(report: dict) -> dict:
         "kl_score_test": (generation.get("kl_test") or {}).get("score"),
         "nll_bound_test_nats": density["nll_bound_test"]["mean"],
         "spearman_density_elbo": density["spearman_density_elbo"],
+        "spearman_density_elbo_pooled": density.get("spearman_density_elbo_pooled"),
         "auroc_vs_mutants": density["log_density"].get("auroc_vs_mutants"),
         "auroc_vs_mutants_knn_tanimoto": report["reference_knn_tanimoto"].get("auroc_vs_mutants"),
         "share_below_5th_percentile_test": density["calibration_test"]["share_below_5th"],
