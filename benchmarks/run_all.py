@@ -24,7 +24,7 @@ import numpy as np
 from _common import REPO, RESULTS, SHARED_DATA, machine
 
 from molgen.baselines.smiles_lm import SmilesLMConfig, build_vocabulary, train_smiles_lm, training_record
-from molgen.checkpoint import load_model
+from molgen.checkpoint import load_model, warm_start_seconds
 from molgen.evaluation.density import mean_with_stderr
 from molgen.evaluation.generation import generation_metrics
 from molgen.evaluation.report import (
@@ -118,8 +118,7 @@ def write_benchmarks_md(parts: dict) -> None:
         label = names[part].format(params=f"{model.get('parameters') or 0:,}", epochs=round(model.get("epochs") or 0),
                                    minutes=(model.get("training_seconds") or 0) / 60)
         if model.get("initialized_from"):
-            start = model["initialized_from"]
-            total = start.get("total_training_seconds", start["training_seconds"])
+            total = warm_start_seconds(model["initialized_from"])
             label = label[:-1] + f", started from models of {total / 60:.0f} CPU-min in all)"
         lines.append(f"| {label} | " + " | ".join(fmt(generation.get(key), kind) for _, key, kind in columns) + " |")
     for row in PUBLISHED:

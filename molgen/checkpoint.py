@@ -32,6 +32,13 @@ def save_checkpoint(payload: dict, path: str | os.PathLike, kind: str = FORMAT) 
     os.replace(handle.name, path)
 
 
+def warm_start_seconds(initialized_from: dict) -> float:
+    """All the training behind a checkpoint's ``meta["initialized_from"]`` record: the source's own
+    time and that of the warm starts before it (records written before chains were counted hold
+    only the source's own)."""
+    return float(initialized_from.get("total_training_seconds", initialized_from.get("training_seconds", 0.0)))
+
+
 def read_checkpoint(path: str | os.PathLike, kind: str = FORMAT) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -23,7 +23,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from molgen import __version__
-from molgen.checkpoint import BUNDLED, export_inference, load_model, read_checkpoint
+from molgen.checkpoint import BUNDLED, export_inference, load_model, read_checkpoint, warm_start_seconds
 from molgen.checks import RULES, CheckConfig, CheckSpecError, append_results, run_checks
 from molgen.data import locate_qm9, prepare_dataset
 from molgen.io import DEFAULT_CHUNK_SIZE, InputError, TableWriter, read_molecules
@@ -495,9 +495,9 @@ def info(
     ]
     if meta.get("initialized_from"):
         start = meta["initialized_from"]
-        total = start.get("total_training_seconds", start["training_seconds"])
         rows.insert(6, ("initialized from", f"{Path(start['path']).name}: {start['training_seconds'] / 60:.0f} min, "
-                                            f"step {start['step']:,}; {total / 60:.0f} min with its own warm starts "
+                                            f"step {start['step']:,}; {warm_start_seconds(start) / 60:.0f} min with its "
+                                            "own warm starts "
                                             "(not counted above)"))
     for key in ("val_elbo_nats", "val_elbo_stderr", "spearman_density_elbo", "val_molecules"):
         if key in metrics:

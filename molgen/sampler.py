@@ -15,7 +15,7 @@ Bond channels stay symmetric and padded atoms stay zero throughout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, NamedTuple
 
 import torch
@@ -43,8 +43,7 @@ class SamplerSettings:
     temperature: float = 1.0
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "corrector_steps": self.corrector_steps, "snr": self.snr, "mala": self.mala,
-                "temperature": self.temperature}
+        return asdict(self)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from molgen.checkpoint import read_checkpoint, save_checkpoint
+from molgen.checkpoint import read_checkpoint, save_checkpoint, warm_start_seconds
 from molgen.data import PreparedDataset
 from molgen.evaluation.density import spearman
 from molgen.likelihood import elbo, log_density
@@ -235,11 +235,9 @@ class Trainer:
         )
         self.ema.load_state_dict(self.model.state_dict())
         own = float(payload["meta"].get("training_seconds", 0.0))
-        earlier = payload["meta"].get("initialized_from") or {}
-        # A chain of warm starts: the source's own time, and all the training that went into it.
         self.initialized_from = {
             "path": str(path), "step": int(payload["meta"].get("step", 0)), "training_seconds": own,
-            "total_training_seconds": own + float(earlier.get("total_training_seconds", earlier.get("training_seconds", 0.0))),
+            "total_training_seconds": own + warm_start_seconds(payload["meta"].get("initialized_from") or {}),
         }
         return mapped
 
