@@ -337,7 +337,10 @@ def distill(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: in place)."),
     molecules: int = typer.Option(20_000, min=2, help="Training molecules whose ELBO becomes a target."),
     elbo_samples: int = typer.Option(32, min=2, help="Noise levels per target ELBO."),
-    epochs: int = typer.Option(300, min=1, help="Passes of the head over the targets."),
+    epochs: int = typer.Option(600, min=1, help="Passes of the head over the targets."),
+    atom_terms: bool = typer.Option(
+        True, help="Give the head per-atom terms summed over the atoms (the ELBO is such a sum); "
+        "--no-atom-terms refits the [CLS] head alone."),
     seed: int = typer.Option(0),
     workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
 ) -> None:
@@ -349,7 +352,8 @@ def distill(
     except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error), 2) from None
     datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
-    config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, seed=seed)
+    config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, atom_terms=atom_terms,
+                            seed=seed)
     try:
         with console.status("distilling") as status:
             report = distill_checkpoint(checkpoint, TrainingData.combine(datasets, names), config, output,
@@ -487,7 +491,8 @@ def info(
                        f"up to {loaded.vocab.max_atoms} heavy atoms"),
         ("parameters", f"{meta.get('parameters', loaded.model.num_parameters()):,}"),
         ("architecture", f"{model_config.n_layers} layers, d_model {model_config.d_model}, d_pair "
-                         f"{model_config.d_pair}, self-conditioning {model_config.self_conditioning}"),
+                         f"{model_config.d_pair}, self-conditioning {model_config.self_conditioning}; density head on "
+                         f"{'[CLS] plus per-atom terms' if model_config.density_atom_terms else '[CLS]'}"),
         ("data fingerprints", ", ".join(meta.get("data_fingerprints", []))),
         ("training", f"{meta.get('training_seconds', 0) / 60:.0f} min, {meta.get('epochs_done', 0):.1f} epochs, "
                      f"step {meta.get('step', 0):,}"),

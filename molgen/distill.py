@@ -7,19 +7,19 @@ so the head learns mostly the mean and the size. This pass fixes that after trai
 1. an importance proposal over noise levels (:func:`molgen.likelihood.importance_proposal`) from a
    pilot batch, which cuts the ELBO's variance at equal cost;
 2. low-variance ELBO targets for many training molecules and some single-edit mutants of them (so
-   the head also learns what the model thinks just off the data), with the final ``[CLS]`` states
-   of the same molecules at the clean end (what the density head reads);
+   the head also learns what the model thinks just off the data), with the final token states of
+   the same molecules at the clean end (what the density head reads);
 3. the head refit on those pairs by least squares (Adam), judged on held-out molecules against an
-   independent, higher-precision ELBO;
+   independent, higher-precision ELBO. By default the head gains per-atom terms
+   (``DiScoConfig.density_atom_terms``) if it has none: the ELBO is a sum over atoms and pairs;
 4. the calibration quantiles recomputed with the new head on the held-out molecules.
 
-Only the head and the density offset change, so sampling (the score head) is untouched.
+Only the density head and the density offset change, so sampling (the score head) is untouched.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +45,8 @@ class DistillConfig:
     check_samples: int = 64  # noise levels per held-out ELBO
     pilot_molecules: int = 256  # molecules the importance proposal is estimated on
     mutant_share: float = 0.25  # share of targets that are single-edit mutants of training molecules
-    epochs: int = 300
+    atom_terms: bool = True  # give the head per-atom terms (summed) if it has none
+    epochs: int = 600
     lr: float = 1e-3
     batch_size: int = 256
     seed: int = 0
@@ -61,64 +62,78 @@ BatchOf = Callable[[np.ndarray], tuple[GraphBatch, torch.Tensor]]
 def clean_states_and_elbo(
     model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, rows: np.ndarray, size_log_probs: torch.Tensor,
     samples: int, proposal: torch.Tensor | None, generator: torch.Generator, chunk: int = 500,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final [CLS] states at the clean end (M, d) and ELBO estimates (M,) for ``rows``."""
-    states, targets = [], []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Final token states at the clean end (M, 2 + N, d), atom masks (M, N) and ELBO estimates (M,)
+    for ``rows``."""
+    states, masks, targets = [], [], []
     for start in range(0, len(rows), chunk):
         batch, dist = batch_of(rows[start : start + chunk])
         x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
         t = torch.zeros(batch.mask.shape[0])
         output = model(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist,
                        (x_atoms, x_bonds))
-        states.append(output.cls_state)
+        states.append(output.final_states)
+        masks.append(batch.mask)
         estimate, _ = elbo(model, batch, dist, noise, size_log_probs[dist], samples, generator, proposal=proposal)
         targets.append(estimate)
-    return torch.cat(states), torch.cat(targets)
+    return torch.cat(states), torch.cat(masks), torch.cat(targets)
+
+
+def with_atom_terms(model: DiScoFormer) -> DiScoFormer:
+    """``model`` with per-atom density terms added (zero at first, so D is unchanged until refit)."""
+    if model.config.density_atom_terms:
+        return model
+    upgraded = DiScoFormer(replace(model.config, density_atom_terms=True))
+    missing, unexpected = upgraded.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("density_atom_head.") for name in missing), (missing, unexpected)
+    return upgraded
 
 
 def distill_density_head(
     model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, target_rows: np.ndarray, check_rows: np.ndarray,
     size_log_probs: torch.Tensor, config: DistillConfig, log: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Refit ``model``'s density head in place on the ELBOs of ``target_rows`` (the proposal is
-    estimated on the first ``pilot_molecules`` of them); returns the proposal and before/after
-    figures on ``check_rows``."""
+    """Refit ``model``'s density head (with its atom terms if it has them) in place on the ELBOs of
+    ``target_rows`` (the proposal is estimated on the first ``pilot_molecules`` of them); returns the
+    proposal and before/after figures on ``check_rows``."""
     generator = torch.Generator().manual_seed(config.seed)
     model.eval()
     pilot, pilot_dist = batch_of(target_rows[: config.pilot_molecules])
     proposal = importance_proposal(model, pilot, pilot_dist, noise, generator=generator)
     log("importance proposal estimated")
     rows = target_rows
-    states, targets = clean_states_and_elbo(model, noise, batch_of, rows, size_log_probs, config.elbo_samples,
-                                            proposal, generator)
+    states, masks, targets = clean_states_and_elbo(model, noise, batch_of, rows, size_log_probs,
+                                                   config.elbo_samples, proposal, generator)
     log(f"{len(rows):,} training targets ({config.elbo_samples} levels each)")
-    check_states, check_first = clean_states_and_elbo(model, noise, batch_of, check_rows, size_log_probs,
-                                                      config.check_samples, proposal, generator)
-    _, check_second = clean_states_and_elbo(model, noise, batch_of, check_rows, size_log_probs,
-                                            config.check_samples, proposal, generator)
+    check_states, check_masks, check_first = clean_states_and_elbo(
+        model, noise, batch_of, check_rows, size_log_probs, config.check_samples, proposal, generator)
+    *_, check_second = clean_states_and_elbo(model, noise, batch_of, check_rows, size_log_probs,
+                                             config.check_samples, proposal, generator)
     with torch.no_grad():
-        before = spearman(model.density_of(check_states).numpy(), -check_first.numpy())
+        before = spearman(model.density_of(check_states, check_masks).numpy(), -check_first.numpy())
 
-    head = copy.deepcopy(model.density_head).requires_grad_(True)  # an EMA copy may have grads off
-    offset = float(-targets.mean())
-    scale = model.config.density_scale
-    optimizer = torch.optim.Adam(head.parameters(), lr=config.lr)
+    heads = [model.density_head] + ([model.density_atom_head] if model.config.density_atom_terms else [])
+    parameters = [parameter for head in heads for parameter in head.parameters()]
+    trainable = [parameter.requires_grad for parameter in parameters]
+    for parameter in parameters:  # an EMA copy has grads off
+        parameter.requires_grad_(True)
+    model.density_offset.fill_(float(-targets.mean()))
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
     order_generator = torch.Generator().manual_seed(config.seed)
     for _ in range(config.epochs):
         order = torch.randperm(len(states), generator=order_generator)
         for start in range(0, len(states), config.batch_size):
             index = order[start : start + config.batch_size]
-            prediction = head(states[index]).squeeze(-1) * scale + offset
-            loss = ((prediction + targets[index]) ** 2).mean()
+            loss = ((model.density_of(states[index], masks[index]) + targets[index]) ** 2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         schedule.step()
+    for parameter, flag in zip(parameters, trainable):
+        parameter.requires_grad_(flag)
     with torch.no_grad():
-        model.density_head.load_state_dict(head.state_dict())
-        model.density_offset.fill_(offset)
-        after_values = model.density_of(check_states).numpy()
+        after_values = model.density_of(check_states, check_masks).numpy()
     return {
         "proposal": proposal.tolist(),
         "config": config.to_dict(),
@@ -167,6 +182,8 @@ def distill_checkpoint(
         raise ValueError("the checkpoint was trained on other data (fingerprints differ)")
     model = DiScoFormer(DiScoConfig.from_dict(payload["model_config"]))
     model.load_state_dict(payload["ema"])
+    if config.atom_terms:
+        model = with_atom_terms(model)
     noise = NoiseProcess.from_dict(payload["noise"])
     size_log_probs = torch.log(torch.tensor(payload["size_distributions"], dtype=torch.float32) + 1e-12)
     held_out = data.indices("val") if len(data.indices("val")) else data.indices("test")
@@ -188,6 +205,8 @@ def distill_checkpoint(
     payload["calibration"] = {data.names[index]: np.quantile(np.concatenate(parts), levels).tolist()
                               for index, parts in densities.items()}
     payload["ema"] = model.state_dict()
+    payload["model_config"] = model.config.to_dict()
+    payload["meta"]["parameters"] = model.num_parameters()
     payload["elbo_proposal"] = report["proposal"]
     payload["meta"]["distillation"] = {key: value for key, value in report.items() if key != "proposal"}
     save_checkpoint(payload, output or source)

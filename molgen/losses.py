@@ -93,7 +93,7 @@ def training_losses(
     # thousands of nats apart, and letting them into the shared backbone slowed the score head
     # badly (QM9 epoch 1: score loss 2.6 instead of 1.7). The backbone still shapes D through the
     # consistency loss, whose gradient does flow through it.
-    density_clean = model.density_of(output.cls_state[size:].detach())
+    density_clean = model.density_of(output.final_states[size:].detach(), mask)
 
     atom_ce = F.cross_entropy(atom_logits.transpose(1, 2), batch.atoms, reduction="none") * atom_mask
     bond_ce = F.cross_entropy(bond_logits.permute(0, 3, 1, 2), batch.bonds, reduction="none") * pair_mask

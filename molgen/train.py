@@ -212,6 +212,12 @@ class Trainer:
         payload = read_checkpoint(self.checkpoint_path)
         if payload["meta"]["data_fingerprints"] != self.data.fingerprints:
             raise ValueError("the checkpoint was trained on other data (fingerprints differ): cannot resume")
+        theirs, ours = payload["model_config"], self.model.config.to_dict()
+        differing = sorted(key for key in ours if theirs.get(key, ours[key]) != ours[key])
+        if differing:
+            raise ValueError(
+                f"the checkpoint's model differs from this run's in {', '.join(differing)}: resume with the options "
+                "it was trained with, or start from it with --init-from (a distilled checkpoint only continues so)")
         self.model.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])

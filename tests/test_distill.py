@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from test_train import TINY, qm9_subset
 
-from molgen.distill import DistillConfig, distill_density_head
+from molgen.distill import DistillConfig, distill_density_head, with_atom_terms
 from molgen.train import TrainConfig, Trainer
 
 
@@ -11,7 +11,9 @@ def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path)
     trainer = Trainer(TrainConfig(epochs=1, batch_size=32, warmup_steps=2, model=TINY, val_molecules=10),
                       data, tmp_path / "run")
     trainer.fit()
-    model = trainer.ema
+    model = with_atom_terms(trainer.ema)
+    model.density_head.requires_grad_(False)  # as in an EMA copy
+    flags = [parameter.requires_grad for parameter in model.parameters()]
     before = {name: value.clone() for name, value in model.state_dict().items()}
     config = DistillConfig(molecules=80, elbo_samples=4, check_molecules=20, check_samples=4, pilot_molecules=32,
                            epochs=20)
@@ -19,7 +21,10 @@ def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path)
                                   data.indices("val")[:20], trainer.size_log_probs, config)
     after = model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert changed and all(name.startswith("density_head.") or name == "density_offset" for name in changed)
+    assert all(name.startswith(("density_head.", "density_atom_head.")) or name == "density_offset" for name in changed)
+    assert any(name.startswith("density_head.") for name in changed)
+    assert any(name.startswith("density_atom_head.") for name in changed)
+    assert [parameter.requires_grad for parameter in model.parameters()] == flags  # left as they were
     assert len(report["proposal"]) == 32 and np.isclose(sum(report["proposal"]), 1.0, atol=1e-5)
     for key in ("spearman_density_elbo_before", "spearman_density_elbo_after", "check_rmse_nats"):
         assert np.isfinite(report[key]), key

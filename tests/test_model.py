@@ -56,6 +56,29 @@ def test_heads_have_the_right_shapes_are_finite_and_symmetric(setup):
     assert torch.allclose(again.density, output.density, atol=1e-4)
 
 
+def test_density_atom_terms_start_at_zero_and_sum_over_real_atoms_only(setup):
+    from molgen.distill import with_atom_terms
+
+    vocab, batch, model = setup
+    x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
+    noise = NoiseProcess()
+    t = torch.zeros(batch.mask.shape[0])
+    dist = torch.zeros_like(t, dtype=torch.long)
+
+    def density(of):
+        return of(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist).density
+
+    upgraded = with_atom_terms(model).eval()
+    assert upgraded.config.density_atom_terms and not model.config.density_atom_terms
+    with torch.no_grad():
+        torch.testing.assert_close(density(upgraded), density(model))  # zero-initialised: D unchanged
+        upgraded.density_atom_head[-1].bias.fill_(1.0)  # each real atom now adds one raw unit
+        added = density(upgraded) - density(model)
+    expected = batch.mask.sum(1).float() * model.config.density_scale
+    torch.testing.assert_close(added, expected)
+    assert len(set(batch.mask.sum(1).tolist())) > 1  # molecules of several sizes, so padding is exercised
+
+
 def test_tweedie_score_is_the_exact_score_of_a_two_molecule_distribution():
     """Data = two one-hot states with equal weight. With the exact posterior mean in place of the
     model, Tweedie's formula must equal grad log p_t(z) computed by autograd."""

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pandas as pd
 import torch
@@ -177,6 +178,14 @@ def test_train_cli_end_to_end(tmp_path):
     assert refit.elbo_proposal is not None and len(refit.elbo_proposal) == 32
     assert refit.calibration["mols"] != loaded.calibration["mols"]
     assert refit.meta["distillation"]["config"]["molecules"] == 50
+    assert refit.model.config.density_atom_terms and not loaded.model.config.density_atom_terms
+    # Distilled in place, the run's checkpoint has another density head: resuming says so, no traceback.
+    distilled_run = tmp_path / "distilled_run"
+    distilled_run.mkdir()
+    shutil.copy(distilled, distilled_run / "checkpoint.pt")
+    resumed = CliRunner().invoke(app, [*args[:3], str(distilled_run), *args[4:], "--resume"])
+    assert resumed.exit_code == 2 and "differs from this run's in density_atom_terms" in resumed.output
+    assert "--init-from" in resumed.output
     other = tmp_path / "other.csv"
     pd.read_csv(shared_file("qm9.csv")).iloc[300:400].to_csv(other, index=False)
     mismatch = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(other)])
