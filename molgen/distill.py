@@ -101,10 +101,9 @@ def distill_density_head(
     pilot, pilot_dist = batch_of(target_rows[: config.pilot_molecules])
     proposal = importance_proposal(model, pilot, pilot_dist, noise, generator=generator)
     log("importance proposal estimated")
-    rows = target_rows
-    states, masks, targets = clean_states_and_elbo(model, noise, batch_of, rows, size_log_probs,
+    states, masks, targets = clean_states_and_elbo(model, noise, batch_of, target_rows, size_log_probs,
                                                    config.elbo_samples, proposal, generator)
-    log(f"{len(rows):,} training targets ({config.elbo_samples} levels each)")
+    log(f"{len(target_rows):,} training targets ({config.elbo_samples} levels each)")
     check_states, check_masks, check_first = clean_states_and_elbo(
         model, noise, batch_of, check_rows, size_log_probs, config.check_samples, proposal, generator)
     *_, check_second = clean_states_and_elbo(model, noise, batch_of, check_rows, size_log_probs,
