@@ -35,7 +35,7 @@ def main() -> None:
 
     loaded = load_model(args.checkpoint)
     files = locate_qm9(SHARED_DATA)
-    dataset, _ = prepare_dataset(files.csv, files.test_idx)
+    dataset, _ = prepare_dataset(files.csv, files.test_idx, vocab=loaded.vocab)  # the model's atoms and bonds
     rows = np.random.default_rng(0).permutation(dataset.indices("val"))[: args.molecules]
     size_log_probs = torch.log(torch.tensor(loaded.size_distributions[0]) + 1e-12).float()
     started = time.perf_counter()
