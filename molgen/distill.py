@@ -111,8 +111,7 @@ def distill_density_head(
     with torch.no_grad():
         before = spearman(model.density_of(check_states, check_masks).numpy(), -check_first.numpy())
 
-    heads = [model.density_head] + ([model.density_atom_head] if model.config.density_atom_terms else [])
-    parameters = [parameter for head in heads for parameter in head.parameters()]
+    parameters = model.density_parameters()
     trainable = [parameter.requires_grad for parameter in parameters]
     for parameter in parameters:  # an EMA copy has grads off
         parameter.requires_grad_(True)

@@ -265,6 +265,11 @@ class DiScoFormer(nn.Module):
             raw = raw + (self.density_atom_head(final_states[:, 2:]).squeeze(-1) * mask).sum(1)
         return raw * self.config.density_scale + self.density_offset
 
+    def density_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the density head, its per-atom terms included."""
+        heads = [self.density_head] + ([self.density_atom_head] if self.config.density_atom_terms else [])
+        return [parameter for head in heads for parameter in head.parameters()]
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
