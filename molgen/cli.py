@@ -218,8 +218,9 @@ def train(
     lr: float = typer.Option(1e-3, min=0.0),
     max_minutes: Optional[float] = typer.Option(None, min=0.0, help="Stop after this much training time (resumable)."),
     schedule_minutes: Optional[float] = typer.Option(
-        None, min=0.0, help="Fit the cosine schedule to this much training time: after epoch 2, --epochs becomes as "
-        "many as fit (logged; pass that number with --resume).",
+        None, min=0.0, help="Fit the cosine schedule to this much training time: from epoch 2 on, at each epoch's end, "
+        "--epochs becomes as many as fit at that epoch's pace, the rate never rising (logged; pass the last number "
+        "with --resume).",
     ),
     checkpoint_minutes: float = typer.Option(5.0, min=0.0, help="Write a checkpoint at least this often."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
@@ -297,6 +298,7 @@ def train(
             progress.update(task, completed=values["step"], losses=losses)
 
         def on_epoch(record: dict) -> None:
+            progress.update(task, total=trainer.total_steps)  # --schedule-minutes may have changed the length
             progress.console.print(
                 f"epoch {record['epoch']}/{record['epochs']}: score {record['train_score']:.4f} dsm {record['train_dsm']:.3f} "
                 f"nll {record['train_nll']:.4f} consistency {record['train_consistency']:.4f} | val ELBO "

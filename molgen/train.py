@@ -42,9 +42,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     max_minutes: float | None = None  # stop (with a checkpoint) after this much training time
-    # Fit the cosine schedule to this much training time: after the second epoch, ``epochs`` becomes
-    # as many as fit at that epoch's measured pace (validation and checkpoint included). Not the
-    # first: it also pays one-off costs (CUDA initialisation, allocator warm-up).
+    # Fit the cosine schedule to this much training time: at the end of every epoch from the second
+    # on, ``epochs`` becomes as many as fit at that epoch's measured pace (validation included), so a
+    # slow epoch (a busy machine) costs the run no more than its own time. Not after the first: it
+    # also pays one-off costs (CUDA initialisation, allocator warm-up).
     schedule_minutes: float | None = None
     checkpoint_minutes: float = 5.0
     val_molecules: int = 1000
@@ -118,12 +119,21 @@ class TrainingData:
         return out
 
 
-def learning_rate(step: int, config: TrainConfig, total_steps: int) -> float:
-    """Linear warm-up, then cosine decay to 1% of the peak over the remaining steps."""
+def learning_rate(step: int, config: TrainConfig, total_steps: int, anchor: tuple[int, float] | None = None) -> float:
+    """Linear warm-up, then cosine decay to 1% of the peak at ``total_steps`` (``anchor``: see :func:`cosine_progress`)."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    progress = cosine_progress(step, config, total_steps, anchor)
     return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def cosine_progress(step: int, config: TrainConfig, total_steps: int, anchor: tuple[int, float] | None) -> float:
+    """How far along the cosine ``step`` is, in [0, 1]. ``anchor`` (step, progress) is where a re-fitted
+    schedule picked up: from there the cosine runs on from that progress to its end at ``total_steps``,
+    so changing the length mid-run never raises the rate. Without one it starts after the warm-up."""
+    start_step, start_progress = anchor or (config.warmup_steps, 0.0)
+    fraction = (step - start_step) / max(1, total_steps - start_step)
+    return min(1.0, max(0.0, start_progress + (1.0 - start_progress) * fraction))
 
 
 class Trainer:
@@ -162,6 +172,7 @@ class Trainer:
         )
         self.steps_per_epoch = max(1, len(self.train_rows) // config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
+        self.schedule_anchor: tuple[int, float] | None = None  # set when --schedule-minutes re-fits the length
         self.step = 0
         self.elapsed = 0.0
         self.metrics: dict = {}
@@ -201,7 +212,7 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "trainer": {"step": self.step, "elapsed": self.elapsed},
+                "trainer": {"step": self.step, "elapsed": self.elapsed, "schedule_anchor": self.schedule_anchor},
                 "generator": self.generator.get_state(),
                 "train_smiles_hashes": self.train_hashes,
             },
@@ -227,6 +238,8 @@ class Trainer:
             self.generator.manual_seed(self.config.seed * 100_003 + self.step)
         self.step = int(payload["trainer"]["step"])
         self.elapsed = float(payload["trainer"]["elapsed"])
+        anchor = payload["trainer"].get("schedule_anchor")
+        self.schedule_anchor = (int(anchor[0]), float(anchor[1])) if anchor else None
         self.metrics = payload["metrics"]
         self.calibration = payload["calibration"]
         self.initialized_from = payload["meta"].get("initialized_from")
@@ -257,7 +270,7 @@ class Trainer:
         batch, dist = batch.to(self.device), dist.to(self.device)
         drop = torch.rand(dist.shape, generator=self.generator, device=self.device) < self.config.null_distribution_rate
         dist = torch.where(drop, torch.full_like(dist, self.model.null_distribution), dist)
-        lr = learning_rate(self.step, self.config, self.total_steps)
+        lr = learning_rate(self.step, self.config, self.total_steps, self.schedule_anchor)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -314,14 +327,20 @@ class Trainer:
 
     def fit_schedule(self, epoch_seconds: float, session_seconds: float) -> None:
         """Set ``epochs`` (and so the cosine decay) to what fits in ``schedule_minutes`` of this
-        session at the pace of the epoch just done (validation included). Called after the session's
-        second epoch: on a fresh run the learning rate has then left the warm-up for at most a few
-        hundred steps of the cosine's flat top, so the rates used so far are (nearly) those of the
-        fitted schedule."""
+        session at the pace of the epoch just done (validation included). Called at the end of each of
+        the session's epochs from the second on. The cosine keeps the progress it has reached and
+        spreads the rest over the new length, so the rate goes on falling whichever way the length
+        moved."""
         remaining = self.config.schedule_minutes * 60 - session_seconds
         done = self.step // self.steps_per_epoch
-        self.config.epochs = done + max(0, int(remaining // epoch_seconds))
-        self.total_steps = self.steps_per_epoch * self.config.epochs
+        epochs = done + max(0, int(remaining // epoch_seconds))
+        if epochs == self.config.epochs:
+            return
+        if self.step > self.config.warmup_steps:
+            progress = cosine_progress(self.step, self.config, self.total_steps, self.schedule_anchor)
+            self.schedule_anchor = (self.step, progress)
+        self.config.epochs = epochs
+        self.total_steps = self.steps_per_epoch * epochs
 
     def request_stop(self, *_) -> None:
         self.stop_requested = True
@@ -360,7 +379,7 @@ class Trainer:
                 seconds = time.perf_counter() - epoch_start
                 validation = self.validate()
                 session_epochs += 1
-                if self.config.schedule_minutes and session_epochs == 2:
+                if self.config.schedule_minutes and session_epochs >= 2:
                     now = time.perf_counter()
                     self.fit_schedule(now - epoch_start, now - session_start)
                 record = {

@@ -13,7 +13,7 @@ from molgen.likelihood import elbo
 from molgen.losses import LossWeights, consistency_loss, training_losses
 from molgen.model import posterior_probs
 from molgen.noise import q_sample, symmetric_noise
-from molgen.train import TrainConfig, Trainer, TrainingData
+from molgen.train import TrainConfig, Trainer, TrainingData, learning_rate
 
 TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
 
@@ -118,6 +118,49 @@ def test_schedule_minutes_sets_the_epochs_from_the_measured_pace(tmp_path):
     assert read_checkpoint(tmp_path / "short" / "checkpoint.pt")["meta"]["train_config"]["epochs"] == 2
     records = [json.loads(line) for line in (tmp_path / "short" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and records[-1]["epochs"] == 2
+
+
+def test_a_refitted_schedule_keeps_its_rate_and_goes_on_falling(tmp_path):
+    data = qm9_subset(tmp_path, 80, val_fraction=0.2)
+    config = TrainConfig(epochs=9, batch_size=16, warmup_steps=4, model=TINY, val_molecules=8, val_samples=2,
+                         schedule_minutes=1.0)
+    trainer = Trainer(config, data, tmp_path / "run")
+    per_epoch = trainer.steps_per_epoch
+    trainer.step = 3 * per_epoch
+
+    def rate(step):
+        return learning_rate(step, config, trainer.total_steps, trainer.schedule_anchor)
+
+    before = rate(trainer.step)
+    trainer.fit_schedule(epoch_seconds=2.0, session_seconds=30.0)  # 30 s left: 15 more epochs, not 6
+    assert config.epochs == 18 and abs(rate(trainer.step) - before) < 1e-12
+    longer = [rate(step) for step in range(trainer.step, trainer.total_steps + 1)]
+    assert all(b < a for a, b in zip(longer, longer[1:])) and abs(longer[-1] - 0.01 * config.lr) < 1e-12
+
+    trainer.step = 6 * per_epoch  # then the machine got busy: 10 s left at 5 s an epoch
+    before = rate(trainer.step)
+    trainer.fit_schedule(epoch_seconds=5.0, session_seconds=50.0)
+    assert config.epochs == 8 and abs(rate(trainer.step) - before) < 1e-12
+    shorter = [rate(step) for step in range(trainer.step, trainer.total_steps + 1)]
+    assert all(b < a for a, b in zip(shorter, shorter[1:])) and abs(shorter[-1] - 0.01 * config.lr) < 1e-12
+
+    # The re-fitted schedule survives a resume: the same rate at the same step.
+    trainer.save()
+    resumed = Trainer(TrainConfig(**config.to_dict()), data, tmp_path / "run")
+    resumed.resume()
+    assert resumed.schedule_anchor == trainer.schedule_anchor
+    assert learning_rate(resumed.step, resumed.config, resumed.total_steps, resumed.schedule_anchor) == before
+
+
+def test_schedule_minutes_refits_at_every_epoch_from_the_second(tmp_path, monkeypatch):
+    data = qm9_subset(tmp_path, 80, val_fraction=0.2)
+    config = TrainConfig(epochs=4, batch_size=16, warmup_steps=4, model=TINY, val_molecules=8, val_samples=2,
+                         schedule_minutes=60.0)
+    trainer = Trainer(config, data, tmp_path / "run")
+    refits = []
+    monkeypatch.setattr(trainer, "fit_schedule", lambda epoch_seconds, session_seconds: refits.append(trainer.step))
+    trainer.fit()
+    assert refits == [epoch * trainer.steps_per_epoch for epoch in (2, 3, 4)]
 
 
 def test_resume_from_a_checkpoint_whose_rng_came_from_another_device(tmp_path):
