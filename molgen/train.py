@@ -336,9 +336,9 @@ class Trainer:
         epochs = done + max(0, int(remaining // epoch_seconds))
         if epochs == self.config.epochs:
             return
-        if self.step > self.config.warmup_steps:
-            progress = cosine_progress(self.step, self.config, self.total_steps, self.schedule_anchor)
-            self.schedule_anchor = (self.step, progress)
+        # During the warm-up this anchors the cosine's start at its end, as without an anchor.
+        start = max(self.step, self.config.warmup_steps)
+        self.schedule_anchor = (start, cosine_progress(start, self.config, self.total_steps, self.schedule_anchor))
         self.config.epochs = epochs
         self.total_steps = self.steps_per_epoch * epochs
 
