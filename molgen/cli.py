@@ -232,6 +232,10 @@ def train(
     d_pair: int = typer.Option(32, min=4),
     self_conditioning: bool = typer.Option(True, help="Feed the model its previous x0 estimate."),
     ring_features: bool = typer.Option(False, help="Also feed closed-walk (ring) counts of that estimate."),
+    kekule_features: bool = typer.Option(
+        False, help="Also feed whether that estimate's aromatic bonds can be kekulized, and which atom's hydrogen would "
+        "fix it (needs --aromatic-bonds).",
+    ),
     nll_weight: float = typer.Option(0.1, min=0.0, help="Weight of the density regression onto the ELBO."),
     consistency_weight: float = typer.Option(0.01, min=0.0, help="Weight of the score-density consistency loss."),
     logsnr_max: float = typer.Option(9.0),
@@ -240,8 +244,8 @@ def train(
     workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
     aromatic_bonds: bool = AROMATIC_BONDS_OPTION,
     init_from: Optional[Path] = typer.Option(
-        None, help="Start from this checkpoint's weights (its size options win), vocabularies mapped by atom and bond "
-        "type; optimizer and schedule start afresh.",
+        None, help="Start from this checkpoint's weights (its size options win; --ring-features and --kekule-features "
+        "can be added), vocabularies mapped by atom and bond type; optimizer and schedule start afresh.",
     ),
 ) -> None:
     """Train a DiScoFormer (score + density heads) on one or more molecule sets."""
@@ -249,20 +253,28 @@ def train(
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
     if d_model % n_heads:
         raise _fail(f"--d-model {d_model} must be a multiple of --n-heads {n_heads}", 2)
-    if ring_features and not self_conditioning:
-        raise _fail("--ring-features reads the self-conditioning estimate: drop --no-self-conditioning", 2)
+    for name, on in (("--ring-features", ring_features), ("--kekule-features", kekule_features)):
+        if on and not self_conditioning:
+            raise _fail(f"{name} reads the self-conditioning estimate: drop --no-self-conditioning", 2)
+    if kekule_features and not aromatic_bonds:
+        raise _fail("--kekule-features reads aromatic bonds: add --aromatic-bonds", 2)
     if init_from is not None and resume:
         raise _fail("--init-from starts a new run; --resume continues one: pass one of them", 2)
     datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     model_options = {"d_model": d_model, "d_pair": d_pair, "n_layers": n_layers, "n_heads": n_heads,
-                     "d_ff": 2 * d_model, "self_conditioning": self_conditioning, "ring_features": ring_features}
+                     "d_ff": 2 * d_model, "self_conditioning": self_conditioning, "ring_features": ring_features,
+                     "kekule_features": kekule_features}
     source = None
     if init_from is not None:
         try:
             source = read_checkpoint(init_from)
         except (FileNotFoundError, ValueError) as error:
             raise _fail(str(error), 2) from None
+        # The source's sizes win; derived features can be added (their weights start at zero).
+        features = {key: model_options[key] or bool(source["model_config"].get(key))
+                    for key in ("ring_features", "kekule_features")}
         model_options = {key: source["model_config"][key] for key in model_options if key in source["model_config"]}
+        model_options.update(features)
 
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_minutes=max_minutes,

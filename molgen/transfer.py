@@ -6,14 +6,16 @@ Their rows and columns are carried over by key, so an atom type or bond type the
 what it learned. A new type starts from its nearest old ones: an aromatic atom type with stated
 hydrogens from the same element and charge, the aromatic bond from the mean of single and double
 (its order 1.5 lies between them). Everything else must have the same shape and is copied; types with
-no source keep their fresh initialisation.
+no source keep their fresh initialisation. Derived input features the source lacks (ring or Kekulé
+features turned on for the new run) start with zero weights, so the model starts out computing what
+the source computed.
 """
 
 from __future__ import annotations
 
 import torch
 
-from molgen.model import DiScoFormer, derived_atom_features
+from molgen.model import DiScoConfig, DiScoFormer, derived_atom_features
 from molgen.tokenizer import Vocabulary
 
 # Bond types without a counterpart in the source, as mixtures of source bond types.
@@ -50,21 +52,33 @@ def _rows(mapping: torch.Tensor, old: torch.Tensor, fresh: torch.Tensor) -> torc
     return torch.where(covered[:, None], mixed, fresh.reshape(fresh.shape[0], -1)).reshape(fresh.shape)
 
 
-def _columns(segments: list[tuple[torch.Tensor | None, int]], old: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-    """Input columns of a linear layer whose input is a concatenation of segments, each mapped by a
-    matrix (None: copied as is) and ``width`` source columns wide."""
+def _columns(
+    segments: list[tuple[torch.Tensor | None, int, int]], old: torch.Tensor, fresh: torch.Tensor
+) -> torch.Tensor:
+    """Input columns of a linear layer whose input is a concatenation of segments, each
+    (mapping, source width, target width): mapped by the matrix, copied as is when None, or zero
+    when the source has no columns for it."""
     parts, start_old, start_new = [], 0, 0
-    for mapping, width in segments:
-        block_old = old[:, start_old : start_old + width]
-        if mapping is None:
+    for mapping, source_width, width in segments:
+        block_old = old[:, start_old : start_old + source_width]
+        if not source_width:
+            parts.append(torch.zeros_like(fresh[:, start_new : start_new + width]))
+        elif mapping is None:
             parts.append(block_old)
-            start_new += width
         else:
-            block = _rows(mapping, block_old.T, fresh[:, start_new : start_new + mapping.shape[0]].T).T
-            parts.append(block)
-            start_new += mapping.shape[0]
-        start_old += width
+            parts.append(_rows(mapping, block_old.T, fresh[:, start_new : start_new + width].T).T)
+        start_old += source_width
+        start_new += width
     return torch.cat(parts, dim=1)
+
+
+def _derived_segments(source: DiScoConfig, target: DiScoConfig) -> list[tuple[None, int, int]]:
+    """Column segments of the derived atom features: the source's copied, new ones zero."""
+    source_widths = dict(derived_atom_features(source))
+    target_names = {name for name, _ in derived_atom_features(target)}
+    if missing := set(source_widths) - target_names:
+        raise ValueError(f"the source checkpoint reads {', '.join(sorted(missing))} features this model does not")
+    return [(None, source_widths.get(name, 0), width) for name, width in derived_atom_features(target)]
 
 
 def transfer_weights(
@@ -74,15 +88,13 @@ def transfer_weights(
     tensors that were mapped rather than copied. Raises ValueError when the backbones differ."""
     atoms, bonds = atom_mapping(source_vocab, target_vocab), bond_mapping(source_vocab, target_vocab)
     config = target.config
-    if bool(source_config.get("self_conditioning", True)) != config.self_conditioning or bool(
-        source_config.get("ring_features", False)
-    ) != config.ring_features:
-        raise ValueError("the source checkpoint's self-conditioning inputs differ from this model's")
+    source_model = DiScoConfig.from_dict(source_config)
+    if source_model.self_conditioning != config.self_conditioning:
+        raise ValueError("the source checkpoint's self-conditioning differs from this model's")
     self_cond = config.self_conditioning
-    atom_segments = [(atoms, source_vocab.num_atom_types)] + (
-        [(atoms, source_vocab.num_atom_types), (None, derived_atom_features(config))] if self_cond else []
-    )
-    bond_segments = [(bonds, source_vocab.num_bond_types)] * (2 if self_cond else 1)
+    atom_segment = (atoms, source_vocab.num_atom_types, target_vocab.num_atom_types)
+    atom_segments = [atom_segment] + ([atom_segment] + _derived_segments(source_model, config) if self_cond else [])
+    bond_segments = [(bonds, source_vocab.num_bond_types, target_vocab.num_bond_types)] * (2 if self_cond else 1)
     mapped_inputs = {"atom_in.weight": atom_segments, "bond_in.weight": bond_segments}
     mapped_outputs = {"atom_head.weight": atoms, "atom_head.bias": atoms,
                       "bond_head.3.weight": bonds, "bond_head.3.bias": bonds}

@@ -111,3 +111,43 @@ def test_cli_init_from_and_resume_are_exclusive(kekule_checkpoint, tmp_path):
                                       "--resume", "-o", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "--init-from starts a new run" in result.output
+
+
+def test_kekule_features_added_on_a_warm_start_begin_at_zero(qm9_csv, tmp_path):
+    data = training_data(qm9_csv, aromatic_bonds=True)
+    source = Trainer(TrainConfig(epochs=1, batch_size=16, model=TINY, val_molecules=8), data, tmp_path / "source")
+    order = source.epoch_order(0)
+    for index in range(3):
+        source.train_step(order[index * 16 : (index + 1) * 16])
+    source.ema.load_state_dict(source.model.state_dict())
+    source.save()
+    config = TrainConfig(epochs=1, batch_size=16, model={**TINY, "kekule_features": True}, val_molecules=8)
+    target = Trainer(config, data, tmp_path / "target")
+    target.initialize_from(source.checkpoint_path)
+
+    # Self-conditioned on pyrrole with its [nH] made an n (every Kekulé feature on), both models agree.
+    batch = collate([encode(parse_smiles("c1cc[nH]c1"), data.vocab)], data.vocab.max_atoms)
+    x_atoms, x_bonds = batch.one_hot(data.vocab.num_atom_types, data.vocab.num_bond_types)
+    x_atoms = x_atoms * batch.mask[..., None]
+    broken = x_atoms.clone()
+    broken[..., data.vocab.index(("N", 0, 0))] += broken[..., data.vocab.index(("N", 0, 1))]
+    broken[..., data.vocab.index(("N", 0, 1))] = 0.0
+    noise, t = NoiseProcess(), torch.tensor([0.3])
+    inputs = (x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), torch.zeros(1, dtype=torch.long))
+    with torch.no_grad():
+        before = source.ema.eval()(*inputs, self_cond=(broken, x_bonds))
+        after = target.ema.eval()(*inputs, self_cond=(broken, x_bonds))
+    torch.testing.assert_close(after.atom_logits, before.atom_logits)
+    torch.testing.assert_close(after.density, before.density)
+
+    # The other way round the features would be lost: refused.
+    back = Trainer(TrainConfig(epochs=1, model=TINY), data, tmp_path / "back")
+    target.save()
+    with pytest.raises(ValueError, match="reads kekule features"):
+        back.initialize_from(target.checkpoint_path)
+
+
+def test_cli_kekule_features_need_aromatic_bonds(tmp_path):
+    result = CliRunner().invoke(app, ["train", "qm9", "--kekule-features", "-o", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--kekule-features reads aromatic bonds: add --aromatic-bonds" in result.output
