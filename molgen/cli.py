@@ -28,6 +28,7 @@ from molgen.checks import RULES, CheckConfig, CheckSpecError, append_results, ru
 from molgen.data import locate_qm9, prepare_dataset
 from molgen.io import DEFAULT_CHUNK_SIZE, InputError, TableWriter, read_molecules
 from molgen.losses import LossWeights
+from molgen.model import derived_atom_features
 from molgen.pipeline import GenerateOptions
 from molgen.pipeline import generate as run_generate
 from molgen.sampler import SamplerSettings
@@ -208,6 +209,7 @@ def data_prepare(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: List[str] = typer.Argument(
         ..., help="Training sets, each its own distribution: 'qm9' or a molecule file (with --test-idx for its split)."
     ),
@@ -223,7 +225,9 @@ def train(
         "with --resume).",
     ),
     checkpoint_minutes: float = typer.Option(5.0, min=0.0, help="Write a checkpoint at least this often."),
-    resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
+    resume: bool = typer.Option(
+        False, help="Continue from OUT/checkpoint.pt, with the options it was trained with unless given again."
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ..."),
     seed: int = typer.Option(0),
     d_model: int = typer.Option(128, min=8),
@@ -249,6 +253,44 @@ def train(
     ),
 ) -> None:
     """Train a DiScoFormer (score + density heads) on one or more molecule sets."""
+    if init_from is not None and resume:
+        raise _fail("--init-from starts a new run; --resume continues one: pass one of them", 2)
+    options = dict(ctx.params)
+    if resume:
+        saved = _saved_training_options(out / "checkpoint.pt")
+        # By name: Typer vendors its own click, whose ParameterSource enum is private.
+        taken = {name: value for name, value in saved.items()
+                 if ctx.get_parameter_source(name).name == "DEFAULT" and value != options[name]}
+        if taken:
+            Console().print("resuming with the checkpoint's " + ", ".join(
+                f"--{name.replace('_', '-')} {value}" for name, value in taken.items()), highlight=False)
+        options.update(taken)
+    _train(**options)
+
+
+def _saved_training_options(checkpoint: Path) -> dict:
+    """``molgen train``'s options as ``checkpoint`` was trained with them (epochs as last fitted)."""
+    try:
+        payload = read_checkpoint(checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(f"cannot resume: {error}", 2) from None
+    config = payload["meta"]["train_config"]
+    model, loss, noise = config["model"], config["loss"], config["noise"]["atoms"]
+    return {
+        **{name: config[name] for name in ("epochs", "batch_size", "lr", "seed", "checkpoint_minutes", "val_molecules")},
+        **{name: model[name] for name in ("d_model", "n_layers", "n_heads", "d_pair", "self_conditioning",
+                                          "ring_features", "kekule_features") if name in model},
+        "nll_weight": loss["nll"], "consistency_weight": loss["consistency"],
+        "logsnr_max": noise["logsnr_max"], "logsnr_min": noise["logsnr_min"],
+        "aromatic_bonds": "aromatic" in payload["vocab"]["bond_types"],
+    }
+
+
+def _train(
+    data, out, qm9_path, epochs, batch_size, lr, max_minutes, schedule_minutes, checkpoint_minutes, resume, device,
+    seed, d_model, n_layers, n_heads, d_pair, self_conditioning, ring_features, kekule_features, nll_weight,
+    consistency_weight, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
+) -> None:
     if device.startswith("cuda") and not _cuda_available():
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
     if d_model % n_heads:
@@ -258,8 +300,6 @@ def train(
             raise _fail(f"{name} reads the self-conditioning estimate: drop --no-self-conditioning", 2)
     if kekule_features and not aromatic_bonds:
         raise _fail("--kekule-features reads aromatic bonds: add --aromatic-bonds", 2)
-    if init_from is not None and resume:
-        raise _fail("--init-from starts a new run; --resume continues one: pass one of them", 2)
     datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     model_options = {"d_model": d_model, "d_pair": d_pair, "n_layers": n_layers, "n_heads": n_heads,
                      "d_ff": 2 * d_model, "self_conditioning": self_conditioning, "ring_features": ring_features,
@@ -496,6 +536,9 @@ def info(
         raise _fail(str(error), 2) from None
     meta, metrics = loaded.meta, loaded.metrics
     model_config = loaded.model.config
+    derived = ", ".join(name for name, _ in derived_atom_features(model_config))
+    self_conditioning = f"self-conditioning with {derived} features" if model_config.self_conditioning else (
+        "no self-conditioning")
     table = Table(title=f"molgen checkpoint {checkpoint or BUNDLED.name}", show_header=False)
     table.add_column("")
     table.add_column("")
@@ -505,7 +548,7 @@ def info(
                        f"up to {loaded.vocab.max_atoms} heavy atoms"),
         ("parameters", f"{meta.get('parameters', loaded.model.num_parameters()):,}"),
         ("architecture", f"{model_config.n_layers} layers, d_model {model_config.d_model}, d_pair "
-                         f"{model_config.d_pair}, self-conditioning {model_config.self_conditioning}; density head on "
+                         f"{model_config.d_pair}, {self_conditioning}; density head on "
                          f"{'[CLS] plus per-atom terms' if model_config.density_atom_terms else '[CLS]'}"),
         ("data fingerprints", ", ".join(meta.get("data_fingerprints", []))),
         ("training", f"{meta.get('training_seconds', 0) / 60:.0f} min, {meta.get('epochs_done', 0):.1f} epochs, "

@@ -212,6 +212,18 @@ def test_train_cli_end_to_end(tmp_path):
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--ring-features", "--no-self-conditioning"])
     assert bad.exit_code == 2 and "--ring-features reads the self-conditioning estimate" in bad.output
 
+    # --resume takes the options the run was trained with unless they are given again.
+    result = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert ("resuming with the checkpoint's --batch-size 64, --val-molecules 10, --d-model 16, --n-layers 1, "
+            "--n-heads 2, --d-pair 4") in " ".join(result.output.split())
+    assert "epoch 3/3:" in result.output and "epoch 2/" not in result.output
+    assert load_model(out / "checkpoint.pt").meta["step"] == loaded.meta["step"] * 3 // 2
+    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--d-model", "32"])
+    assert bad.exit_code == 2 and "differs from this run's in d_ff, d_model" in bad.output
+    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(tmp_path / "nothing"), "--resume"])
+    assert bad.exit_code == 2 and "cannot resume: checkpoint" in bad.output and "does not exist" in bad.output
+
     distilled = out / "distilled.pt"
     result = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "-o", str(distilled),
                                       "--molecules", "50", "--elbo-samples", "2", "--epochs", "3"])
