@@ -221,8 +221,8 @@ def train(
     max_minutes: Optional[float] = typer.Option(None, min=0.0, help="Stop after this much training time (resumable)."),
     schedule_minutes: Optional[float] = typer.Option(
         None, min=0.0, help="Fit the cosine schedule to this much training time: from epoch 2 on, at each epoch's end, "
-        "--epochs becomes as many as fit at that epoch's pace, the rate never rising (logged; pass the last number "
-        "with --resume).",
+        "--epochs becomes as many as fit at that epoch's pace, the rate never rising (logged). --resume keeps the last "
+        "fitted length unless given this again.",
     ),
     checkpoint_minutes: float = typer.Option(5.0, min=0.0, help="Write a checkpoint at least this often."),
     resume: bool = typer.Option(

@@ -146,11 +146,12 @@ def kekule_features(
     * in such a molecule, toggling whether this atom needs a double bond (n <-> [nH]) would fix it;
     * it has an aromatic bond that lies on no cycle of aromatic bonds (RDKit rejects those too).
 
-    Kekulizability is a global, parity-like property of a ring system that a few attention layers
-    read poorly: about 8% of the samples of models without these features fail there, half of them
-    fixable by one hydrogen moved between ring nitrogens.
+    Kekulizability is a global, parity-like property of a ring system, the largest class of raw
+    decoding failures (about 8% of samples), half of them fixable by one hydrogen moved between ring
+    nitrogens; a few attention layers read such a property poorly.
     """
     batch, n, _ = atom_probs.shape
+    eye = torch.eye(n, dtype=torch.bool, device=atom_probs.device)
     present = atom_probs.sum(-1) > 0
     bonds = torch.where(bond_probs.sum(-1) > 0, bond_probs.argmax(-1), 0)
     aromatic = bonds == int((bond_orders == AROMATIC_ORDER).nonzero()[0])
@@ -161,16 +162,15 @@ def kekule_features(
     needs_double = in_system & (free >= 1)
 
     broken = in_system & ~has_perfect_matching(aromatic, needs_double, matching_weights)[:, None]
-    toggled = needs_double[:, None, :] ^ torch.eye(n, dtype=torch.bool, device=atom_probs.device)
+    toggled = needs_double[:, None, :] ^ eye
     toggle_fixes = has_perfect_matching(
         aromatic[:, None].expand(batch, n, n, n).reshape(batch * n, n, n), toggled.reshape(batch * n, n),
         matching_weights,
     ).view(batch, n)
 
     # Atom i lies on an aromatic cycle when two of its aromatic neighbours are joined without it.
-    without = aromatic[:, None] & ~torch.eye(n, dtype=torch.bool, device=atom_probs.device)[None, :, :, None]
-    without = without & ~torch.eye(n, dtype=torch.bool, device=atom_probs.device)[None, :, None, :]
-    reach = (without.float() + torch.eye(n, device=atom_probs.device)).clamp(max=1.0)
+    without = aromatic[:, None] & ~eye[None, :, :, None] & ~eye[None, :, None, :]
+    reach = (without | eye).float()
     for _ in range(3):  # paths of up to 8 bonds: every pair of a 9-atom graph
         reach = (reach @ reach).clamp(max=1.0)
     neighbours = aromatic.float()
