@@ -242,10 +242,6 @@ def train(
     ),
     nll_weight: float = typer.Option(0.1, min=0.0, help="Weight of the density regression onto the ELBO."),
     consistency_weight: float = typer.Option(0.01, min=0.0, help="Weight of the score-density consistency loss."),
-    rollout_share: float = typer.Option(
-        0.0, min=0.0, max=1.0, help="Share of each batch whose noisy state comes from 4 steps of the model's own "
-        "sampler (from 2 log-SNR noisier), not from the data directly: trains on the states sampling drifts into.",
-    ),
     logsnr_max: float = typer.Option(9.0),
     logsnr_min: float = typer.Option(-9.0),
     val_molecules: int = typer.Option(1000, min=1, help="Held-out molecules for the per-epoch validation ELBO."),
@@ -285,7 +281,6 @@ def _saved_training_options(checkpoint: Path) -> dict:
         **{name: model[name] for name in ("d_model", "n_layers", "n_heads", "d_pair", "self_conditioning",
                                           "ring_features", "kekule_features") if name in model},
         "nll_weight": loss["nll"], "consistency_weight": loss["consistency"],
-        "rollout_share": loss.get("rollout_share", 0.0),
         "logsnr_max": noise["logsnr_max"], "logsnr_min": noise["logsnr_min"],
         "aromatic_bonds": "aromatic" in payload["vocab"]["bond_types"],
     }
@@ -294,7 +289,7 @@ def _saved_training_options(checkpoint: Path) -> dict:
 def _train(
     data, out, qm9_path, epochs, batch_size, lr, max_minutes, schedule_minutes, checkpoint_minutes, resume, device,
     seed, d_model, n_layers, n_heads, d_pair, self_conditioning, ring_features, kekule_features, nll_weight,
-    consistency_weight, rollout_share, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
+    consistency_weight, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
 ) -> None:
     if device.startswith("cuda") and not _cuda_available():
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
@@ -326,8 +321,7 @@ def _train(
         schedule_minutes=schedule_minutes,
         checkpoint_minutes=checkpoint_minutes, val_molecules=val_molecules,
         model=model_options,
-        loss={**LossWeights().to_dict(), "nll": nll_weight, "consistency": consistency_weight,
-              "rollout_share": rollout_share},
+        loss={**LossWeights().to_dict(), "nll": nll_weight, "consistency": consistency_weight},
         noise=noise_config(logsnr_max, logsnr_min),
     )
     trainer = Trainer(config, TrainingData.combine(datasets, names), out)

@@ -59,9 +59,7 @@ class SampleResult:
         return self.corrector_accepted / self.corrector_moves if self.corrector_moves else None
 
 
-class State(NamedTuple):
-    """A noisy state z: atom channels (B, N, A) and symmetric bond channels (B, N, N, bond types)."""
-
+class _State(NamedTuple):
     atoms: torch.Tensor
     bonds: torch.Tensor
 
@@ -95,7 +93,7 @@ def sample(
     size, n = mask.shape
     atom_mask, pair_mask = _masks(mask)
     shape_atoms = (size, n, num_atom_types)
-    z = State(
+    z = _State(
         torch.randn(shape_atoms, generator=generator, device=mask.device) * atom_mask,
         symmetric_noise((size, n, n, num_bond_types), generator, mask.device, torch.float32) * pair_mask,
     )
@@ -114,45 +112,43 @@ def sample(
         estimate = denoiser(z.atoms, z.bonds, t, self_cond)
         self_cond = (estimate.atoms, estimate.bonds)
         if index < settings.steps - 1:
-            z = predictor_step(z, estimate, t, s, noise, settings.temperature, atom_mask, pair_mask, generator)
+            z = _predictor(z, estimate, t, s, noise, settings.temperature, atom_mask, pair_mask, generator)
         if on_step:
             on_step(index + 1)
     return SampleResult(estimate.atoms, estimate.bonds, mask, moves, accepted)
 
 
-def predictor_step(z: State, estimate: Denoised, t, s, noise: NoiseProcess, temperature: float, atom_mask,
-                   pair_mask, generator) -> State:
-    """One reverse-diffusion move from t to s: a draw from q(z_s | z_t, x0_hat), its noise scaled by
-    ``temperature``; ``atom_mask`` (B, N, 1) and ``pair_mask`` (B, N, N, 1) keep padding at zero."""
+def _predictor(z, estimate: Denoised, t, s, noise: NoiseProcess, temperature: float, atom_mask, pair_mask,
+               generator) -> _State:
     mean_atoms, var_atoms = posterior(z.atoms, estimate.atoms, t, s, noise.atoms)
     mean_bonds, var_bonds = posterior(z.bonds, estimate.bonds, t, s, noise.bonds)
     atoms = mean_atoms + temperature * var_atoms.sqrt() * _gaussian(z.atoms, generator, symmetric=False)
     bonds = mean_bonds + temperature * var_bonds.sqrt() * _gaussian(z.bonds, generator, symmetric=True)
-    return State(atoms * atom_mask, bonds * pair_mask)
+    return _State(atoms * atom_mask, bonds * pair_mask)
 
 
-def _corrector(denoiser, z: State, t, self_cond, noise: NoiseProcess, settings: SamplerSettings, mask, generator):
+def _corrector(denoiser, z: _State, t, self_cond, noise: NoiseProcess, settings: SamplerSettings, mask, generator):
     """One Langevin move per molecule; returns the new state, its estimate, and how many moved."""
     atom_mask, pair_mask = _masks(mask)
     current = denoiser(z.atoms, z.bonds, t, self_cond)
-    score = State(
+    score = _State(
         tweedie_score(z.atoms, current.atoms, t, noise.atoms) * atom_mask,
         tweedie_score(z.bonds, current.bonds, t, noise.bonds) * pair_mask,
     )
-    xi = State(
+    xi = _State(
         _gaussian(z.atoms, generator, symmetric=False) * atom_mask,
         _gaussian(z.bonds, generator, symmetric=True) * pair_mask,
     )
     # Step size from the target signal-to-noise ratio: e = 2 (snr * |xi| / |score|)^2 per molecule.
     step = 2 * (settings.snr * _per_molecule_norm(*xi) / _per_molecule_norm(*score).clamp(min=1e-8)) ** 2
-    proposal = State(
+    proposal = _State(
         z.atoms + expand(step, z.atoms) * score.atoms + expand((2 * step).sqrt(), z.atoms) * xi.atoms,
         z.bonds + expand(step, z.bonds) * score.bonds + expand((2 * step).sqrt(), z.bonds) * xi.bonds,
     )
     if not settings.mala:
         return proposal, current, z.atoms.shape[0]
     proposed = denoiser(proposal.atoms, proposal.bonds, t, self_cond)
-    reverse_score = State(
+    reverse_score = _State(
         tweedie_score(proposal.atoms, proposed.atoms, t, noise.atoms) * atom_mask,
         tweedie_score(proposal.bonds, proposed.bonds, t, noise.bonds) * pair_mask,
     )
@@ -174,7 +170,7 @@ def _corrector(denoiser, z: State, t, self_cond, noise: NoiseProcess, settings: 
         torch.where(expand(accept, z.bonds), proposed.bonds, current.bonds),
         torch.where(accept, proposed.density, current.density),
     )
-    return State(atoms, bonds), chosen, int(accept.sum())
+    return _State(atoms, bonds), chosen, int(accept.sum())
 
 
 def model_denoiser(model, mask: torch.Tensor, dist: torch.Tensor, noise: NoiseProcess) -> Denoiser:

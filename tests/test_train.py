@@ -10,7 +10,7 @@ from molgen.checkpoint import load_model, read_checkpoint, save_checkpoint
 from molgen.cli import app
 from molgen.data import prepare_dataset
 from molgen.likelihood import elbo
-from molgen.losses import LossWeights, consistency_loss, rolled_out_states, training_losses
+from molgen.losses import LossWeights, consistency_loss, training_losses
 from molgen.model import posterior_probs
 from molgen.noise import q_sample, symmetric_noise
 from molgen.train import TrainConfig, Trainer, TrainingData, learning_rate
@@ -177,46 +177,6 @@ def test_resume_from_a_checkpoint_whose_rng_came_from_another_device(tmp_path):
     resumed.fit()
     assert resumed.step == 2 * resumed.steps_per_epoch
     assert all(torch.isfinite(p).all() for p in resumed.ema.parameters())
-
-
-def test_rolled_out_states_are_noisy_states_of_the_right_shape(tmp_path):
-    data = qm9_subset(tmp_path, 16)
-    trainer = Trainer(TrainConfig(model=TINY), data, tmp_path / "run")
-    batch, dist = data.batch(data.indices("train"))
-    x_atoms, x_bonds = batch.one_hot(data.vocab.num_atom_types, data.vocab.num_bond_types)
-    x_atoms = x_atoms * batch.mask[..., None]
-    t = torch.linspace(0.05, 0.95, len(dist))
-    model, noise = trainer.model.eval(), trainer.noise
-    z = rolled_out_states(model, x_atoms, x_bonds, batch.mask, t, dist, noise, 2.0, 4, torch.Generator().manual_seed(0))
-    assert z.atoms.shape == x_atoms.shape and z.bonds.shape == x_bonds.shape
-    assert torch.isfinite(z.atoms).all() and torch.isfinite(z.bonds).all()
-    assert torch.equal(z.bonds, z.bonds.transpose(1, 2))
-    padding = ~batch.mask
-    assert (z.atoms[padding] == 0).all() and (z.bonds[padding] == 0).all()
-    # With no span the moves have zero length, and the state is the data noised straight to t.
-    generator = torch.Generator().manual_seed(1)
-    same = rolled_out_states(model, x_atoms, x_bonds, batch.mask, t, dist, noise, 0.0, 3, generator)
-    generator = torch.Generator().manual_seed(1)
-    eps = torch.randn(x_atoms.shape, generator=generator) * batch.mask[..., None]
-    torch.testing.assert_close(same.atoms, q_sample(x_atoms, t, noise.atoms, eps))
-    # Four steps from 2 log-SNR noisier: the model's moves, not the data noised straight to t.
-    assert not torch.allclose(z.atoms, rolled_out_states(
-        model, x_atoms, x_bonds, batch.mask, t, dist, noise, 0.0, 4, torch.Generator().manual_seed(0)).atoms)
-
-
-def test_training_losses_with_rollouts_are_finite_and_train(tmp_path):
-    data = qm9_subset(tmp_path, 16)
-    loss = {**LossWeights().to_dict(), "rollout_share": 0.5}
-    trainer = Trainer(TrainConfig(model=TINY, loss=loss), data, tmp_path / "run")
-    batch, dist = data.batch(data.indices("train"))
-    losses = training_losses(trainer.model, batch, dist, trainer.noise, trainer.size_log_probs[dist],
-                             trainer.weights, torch.Generator().manual_seed(0))
-    assert all(torch.isfinite(v) for v in losses.values())
-    losses["total"].backward()
-    assert all(p.grad is not None for p in trainer.model.atom_head.parameters())
-    plain = training_losses(trainer.model, batch, dist, trainer.noise, trainer.size_log_probs[dist],
-                            LossWeights(), torch.Generator().manual_seed(0))
-    assert not torch.isclose(plain["score"], losses["score"])
 
 
 def test_training_losses_report_every_term(tmp_path):
