@@ -150,7 +150,7 @@ def kekule_features(
     decoding failures (about 8% of samples), half of them fixable by one hydrogen moved between ring
     nitrogens; a few attention layers read such a property poorly.
     """
-    batch, n, _ = atom_probs.shape
+    n = atom_probs.shape[1]
     eye = torch.eye(n, dtype=torch.bool, device=atom_probs.device)
     present = atom_probs.sum(-1) > 0
     bonds = torch.where(bond_probs.sum(-1) > 0, bond_probs.argmax(-1), 0)
@@ -162,21 +162,31 @@ def kekule_features(
     needs_double = in_system & (free >= 1)
 
     broken = in_system & ~has_perfect_matching(aromatic, needs_double, matching_weights)[:, None]
-    toggled = needs_double[:, None, :] ^ eye
-    toggle_fixes = has_perfect_matching(
-        aromatic[:, None].expand(batch, n, n, n).reshape(batch * n, n, n), toggled.reshape(batch * n, n),
+    # The per-atom checks below cost N determinants or N reachability closures per molecule: they
+    # run only on the molecules they can flag (the broken ones; those with aromatic bonds).
+    toggle_fixes, off_cycle = torch.zeros_like(broken), torch.zeros_like(in_system)
+    rows = broken.any(1).nonzero().squeeze(1)
+    toggle_fixes[rows] = has_perfect_matching(
+        aromatic[rows, None].expand(-1, n, n, n).reshape(-1, n, n), (needs_double[rows, None, :] ^ eye).reshape(-1, n),
         matching_weights,
-    ).view(batch, n)
+    ).view(-1, n)
+    rows = in_system.any(1).nonzero().squeeze(1)
+    off_cycle[rows] = in_system[rows] & ~on_aromatic_cycle(aromatic[rows])
+    return torch.stack([needs_double, broken, broken & toggle_fixes, off_cycle], dim=-1).float()
 
-    # Atom i lies on an aromatic cycle when two of its aromatic neighbours are joined without it.
-    without = aromatic[:, None] & ~eye[None, :, :, None] & ~eye[None, :, None, :]
+
+def on_aromatic_cycle(aromatic: torch.Tensor) -> torch.Tensor:
+    """Whether each atom lies on a cycle of aromatic bonds (M, N) given those bonds (M, N, N) bool:
+    two of its aromatic neighbours are joined without it."""
+    n = aromatic.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=aromatic.device)
+    without = aromatic[:, None] & ~eye[None, :, :, None] & ~eye[None, :, None, :]  # (M, removed atom, N, N)
     reach = (without | eye).float()
     for _ in range(3):  # paths of up to 8 bonds: every pair of a 9-atom graph
         reach = (reach @ reach).clamp(max=1.0)
     neighbours = aromatic.float()
-    joined = torch.einsum("bij,bijk,bik->bi", neighbours, reach, neighbours) - aromatic_degree  # minus j = k
-    off_cycle = in_system & (joined < 0.5)
-    return torch.stack([needs_double, broken, broken & toggle_fixes, off_cycle], dim=-1).float()
+    joined = torch.einsum("bij,bijk,bik->bi", neighbours, reach, neighbours) - aromatic.sum(-1)  # minus j = k
+    return joined > 0.5
 
 
 class FourierEmbedding(nn.Module):
