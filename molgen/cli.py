@@ -242,6 +242,11 @@ def train(
     ),
     nll_weight: float = typer.Option(0.1, min=0.0, help="Weight of the density regression onto the ELBO."),
     consistency_weight: float = typer.Option(0.01, min=0.0, help="Weight of the score-density consistency loss."),
+    repair_share: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="Share of the molecules with an aromatic n/[nH] (or other atom with a hydrogen "
+        "partner) noised from a copy with that hydrogen moved, the real molecule the target: teaches the sampler to "
+        "mend rings with no Kekulé structure (needs --aromatic-bonds).",
+    ),
     logsnr_max: float = typer.Option(9.0),
     logsnr_min: float = typer.Option(-9.0),
     val_molecules: int = typer.Option(1000, min=1, help="Held-out molecules for the per-epoch validation ELBO."),
@@ -281,6 +286,7 @@ def _saved_training_options(checkpoint: Path) -> dict:
         **{name: model[name] for name in ("d_model", "n_layers", "n_heads", "d_pair", "self_conditioning",
                                           "ring_features", "kekule_features") if name in model},
         "nll_weight": loss["nll"], "consistency_weight": loss["consistency"],
+        "repair_share": loss.get("repair_share", 0.0),
         "logsnr_max": noise["logsnr_max"], "logsnr_min": noise["logsnr_min"],
         "aromatic_bonds": "aromatic" in payload["vocab"]["bond_types"],
     }
@@ -289,7 +295,7 @@ def _saved_training_options(checkpoint: Path) -> dict:
 def _train(
     data, out, qm9_path, epochs, batch_size, lr, max_minutes, schedule_minutes, checkpoint_minutes, resume, device,
     seed, d_model, n_layers, n_heads, d_pair, self_conditioning, ring_features, kekule_features, nll_weight,
-    consistency_weight, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
+    consistency_weight, repair_share, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
 ) -> None:
     if device.startswith("cuda") and not _cuda_available():
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
@@ -300,6 +306,8 @@ def _train(
             raise _fail(f"{name} reads the self-conditioning estimate: drop --no-self-conditioning", 2)
     if kekule_features and not aromatic_bonds:
         raise _fail("--kekule-features reads aromatic bonds: add --aromatic-bonds", 2)
+    if repair_share and not aromatic_bonds:
+        raise _fail("--repair-share moves hydrogens on aromatic bonds: add --aromatic-bonds", 2)
     datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     model_options = {"d_model": d_model, "d_pair": d_pair, "n_layers": n_layers, "n_heads": n_heads,
                      "d_ff": 2 * d_model, "self_conditioning": self_conditioning, "ring_features": ring_features,
@@ -321,7 +329,8 @@ def _train(
         schedule_minutes=schedule_minutes,
         checkpoint_minutes=checkpoint_minutes, val_molecules=val_molecules,
         model=model_options,
-        loss={**LossWeights().to_dict(), "nll": nll_weight, "consistency": consistency_weight},
+        loss={**LossWeights().to_dict(), "nll": nll_weight, "consistency": consistency_weight,
+              "repair_share": repair_share},
         noise=noise_config(logsnr_max, logsnr_min),
     )
     trainer = Trainer(config, TrainingData.combine(datasets, names), out)

@@ -12,6 +12,10 @@
   * consistency: ``||grad_z D(z_t, t) - sg(score(z_t, t))||^2 * sigma_t^2`` along the noise path, so
     that D is an energy whose gradient is the score.
 
+With ``repair_share`` > 0 some molecules' noisy states are drawn around a copy with one aromatic
+hydrogen moved (no Kekulé structure) while the real molecule stays the target: see
+:func:`hydrogen_toggled`.
+
 The noisy and the clean pass share one forward call (the batch is concatenated with itself).
 Every term is a mean over molecules of a per-molecule sum, divided by the maximum atom count.
 """
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from molgen.likelihood import elbo, upper_pair_mask
-from molgen.model import DiScoFormer, ModelOutput, posterior_probs
+from molgen.model import AROMATIC_ORDER, DiScoFormer, ModelOutput, kekule_features, posterior_probs
 from molgen.noise import LogSNRSchedule, NoiseProcess, expand, q_sample, symmetric_noise, tweedie_score
 from molgen.tokenizer import GraphBatch, pair_mask_of
 
@@ -38,6 +42,9 @@ class LossWeights:
     consistency_fraction: float = 0.25  # share of each batch that pays for the double backward pass
     nll_molecules: int = 16  # molecules per batch whose ELBO is estimated as the density target
     nll_samples: int = 8  # stratified noise levels per such molecule
+    # Share of the molecules with a toggleable aromatic atom whose noisy state is drawn around their
+    # copy with one hydrogen moved (see hydrogen_toggled); 0 turns it off.
+    repair_share: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,8 +58,11 @@ def training_losses(
     size_log_probs: torch.Tensor,
     weights: LossWeights,
     generator: torch.Generator | None = None,
+    hydrogen_partners: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All loss terms of one batch, each a scalar tensor; ``total`` is the one to minimise."""
+    """All loss terms of one batch, each a scalar tensor; ``total`` is the one to minimise.
+    ``hydrogen_partners``: the vocabulary's :meth:`~molgen.tokenizer.Vocabulary.hydrogen_partners`,
+    needed when ``weights.repair_share`` > 0."""
     config = model.config
     mask = batch.mask
     size, n = mask.shape
@@ -66,7 +76,13 @@ def training_losses(
     t = t[torch.randperm(size, generator=generator, device=device)]
     eps_atoms = torch.randn(x_atoms.shape, generator=generator, device=device) * mask[..., None]
     eps_bonds = symmetric_noise(x_bonds.shape, generator, device, x_bonds.dtype) * full_pair_mask
-    z_atoms = q_sample(x_atoms, t, noise.atoms, eps_atoms)
+    source_atoms, repaired = x_atoms, torch.zeros(size, dtype=torch.bool, device=device)
+    if weights.repair_share > 0:
+        if hydrogen_partners is None:
+            raise ValueError("repair_share needs the vocabulary's hydrogen_partners")
+        toggled, repaired = hydrogen_toggled(model, batch, hydrogen_partners, weights.repair_share, generator)
+        source_atoms, _ = GraphBatch(toggled, batch.bonds, mask).one_hot(config.num_atom_types, config.num_bond_types)
+    z_atoms = q_sample(source_atoms, t, noise.atoms, eps_atoms)
     z_bonds = q_sample(x_bonds, t, noise.bonds, eps_bonds)
 
     prev_atoms, prev_bonds = torch.zeros_like(x_atoms), torch.zeros_like(x_bonds)
@@ -104,7 +120,8 @@ def training_losses(
         dsm = _dsm(z_atoms, atom_probs, eps_atoms, t, noise.atoms, mask[..., None].float()) + _dsm(
             z_bonds, bond_probs, eps_bonds, t, noise.bonds, pair_mask[..., None]
         )
-    losses = {"score": score_loss, "dsm": dsm.mean() / n}
+    # The toggled rows' eps belongs to their toggled copy, not to the target.
+    losses = {"score": score_loss, "dsm": dsm[~repaired].mean() / n if not repaired.all() else dsm.new_zeros(())}
     targets = min(weights.nll_molecules, size)
     if weights.nll > 0 and targets > 0:
         sub = slice(size - targets, size)  # the batch is in random order; the consistency part is first
@@ -131,6 +148,41 @@ def training_losses(
         losses["consistency"] = torch.zeros((), device=device)
     losses["total"] = score_loss + weights.nll * losses["nll"] + weights.consistency * losses["consistency"]
     return losses
+
+
+@torch.no_grad()
+def hydrogen_toggled(
+    model: DiScoFormer, batch: GraphBatch, partners: torch.Tensor, share: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Atom types (B, N) with, in about ``share`` of the molecules that allow it, one atom on an
+    aromatic bond swapped for its hydrogen partner (n <-> [nH]) so that the aromatic bonds have no
+    Kekulé structure; and which molecules were changed (B,) bool.
+
+    Sampling chains reach such states (an estimate with a misplaced ring hydrogen, about 7% of raw
+    samples) and then keep them: noised real molecules never show the model a broken ring at low
+    noise, so it learned to denoise towards whatever graph the state is near. Drawn around the broken
+    copy with the real molecule as the target, these states teach the model to move the hydrogen back;
+    the Kekulé features, which flag exactly such atoms, then have something to say.
+    """
+    atoms, bonds, mask = batch.atoms, batch.bonds, batch.mask
+    changed = torch.zeros(atoms.shape[0], dtype=torch.bool, device=atoms.device)
+    if AROMATIC_ORDER not in model.config.bond_orders:
+        return atoms, changed
+    partners = partners.to(atoms.device)
+    aromatic_bond = model.config.bond_orders.index(AROMATIC_ORDER)
+    candidates = ((bonds == aromatic_bond) & pair_mask_of(mask)).any(-1) & mask & (partners[atoms] >= 0)
+    draw = torch.rand(atoms.shape[0], generator=generator, device=atoms.device)
+    changed = candidates.any(1) & (draw < share)
+    # One candidate atom per molecule, uniformly: the largest of random keys over the candidates.
+    keys = torch.rand(atoms.shape, generator=generator, device=atoms.device).masked_fill(~candidates, -1.0)
+    chosen = F.one_hot(keys.argmax(1), atoms.shape[1]).bool() & changed[:, None]
+    toggled = torch.where(chosen, partners[atoms].clamp(min=0), atoms)
+    # A swap that keeps the need for a double bond (a charged N with two aromatic bonds) leaves the
+    # ring intact: such molecules stay as they were.
+    x_atoms, x_bonds = GraphBatch(toggled, bonds, mask).one_hot(model.config.num_atom_types, model.config.num_bond_types)
+    broken = kekule_features(x_atoms, x_bonds, model.valences, model.bond_orders, model.matching_weights)[..., 1].any(1)
+    changed = changed & broken
+    return torch.where(changed[:, None], toggled, atoms), changed
 
 
 def consistency_loss(

@@ -123,6 +123,15 @@ class Vocabulary:
     def index(self, key: AtomKey) -> int | None:
         return self._index.get(key)  # type: ignore[attr-defined]
 
+    def hydrogen_partners(self) -> np.ndarray:
+        """For each atom type, the type of the same element and charge with one hydrogen more (else
+        one fewer), -1 where there is none: n <-> [nH] in the aromatic vocabulary."""
+        partners = []
+        for element, charge, hydrogens in self.atom_types:
+            more, fewer = self.index((element, charge, hydrogens + 1)), self.index((element, charge, hydrogens - 1))
+            partners.append(more if more is not None else fewer if fewer is not None else -1)
+        return np.array(partners, dtype=np.int64)
+
     def has_element(self, symbol: str) -> bool:
         return symbol in self._elements  # type: ignore[attr-defined]
 

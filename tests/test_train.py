@@ -2,6 +2,7 @@ import json
 import shutil
 
 import pandas as pd
+import pytest
 import torch
 from conftest import shared_file
 from typer.testing import CliRunner
@@ -10,9 +11,12 @@ from molgen.checkpoint import load_model, read_checkpoint, save_checkpoint
 from molgen.cli import app
 from molgen.data import prepare_dataset
 from molgen.likelihood import elbo
-from molgen.losses import LossWeights, consistency_loss, training_losses
-from molgen.model import posterior_probs
-from molgen.noise import q_sample, symmetric_noise
+from molgen.chemistry import parse_smiles
+from molgen.decode import decode_raw
+from molgen.losses import LossWeights, consistency_loss, hydrogen_toggled, training_losses
+from molgen.model import DiScoConfig, DiScoFormer, posterior_probs
+from molgen.noise import NoiseProcess, q_sample, symmetric_noise
+from molgen.tokenizer import Vocabulary, collate, encode, molecular_graph
 from molgen.train import TrainConfig, Trainer, TrainingData, learning_rate
 
 TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
@@ -191,6 +195,50 @@ def test_training_losses_report_every_term(tmp_path):
     assert all(p.grad is not None for p in trainer.model.density_head.parameters())
 
 
+def test_hydrogen_toggled_breaks_one_ring_hydrogen_of_each_molecule_that_has_one():
+    smiles = ["c1cc[nH]c1", "c1ccncc1", "c1c[nH]cn1", "c1ccccc1", "c1ccoc1", "CCO", "CN"]
+    graphs = [molecular_graph(parse_smiles(s), aromatic_bonds=True) for s in smiles]
+    vocab = Vocabulary.from_graphs(graphs, max_atoms=9, aromatic_bonds=True)
+    partners = vocab.hydrogen_partners()
+    n, nh = vocab.index(("N", 0, 0)), vocab.index(("N", 0, 1))
+    assert partners[n] == nh and partners[nh] == n and partners[vocab.index(("C", 0, 0))] == -1
+    batch = collate([encode(parse_smiles(s), vocab) for s in smiles], 9)
+    model = DiScoFormer(DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences),
+                                    bond_orders=vocab.bond_orders, d_model=16, n_layers=1, n_heads=2, d_pair=4, d_ff=32))
+    for seed in range(5):  # any of imidazole's two nitrogens
+        toggled, changed = hydrogen_toggled(model, batch, torch.from_numpy(partners), 1.0, torch.Generator().manual_seed(seed))
+        # Only the molecules with a nitrogen on an aromatic bond: the amine's has a partner but no such bond.
+        assert changed.tolist() == [True, True, True, False, False, False, False]
+        differs = toggled != batch.atoms
+        assert differs.sum(1).tolist() == [1, 1, 1, 0, 0, 0, 0]
+        assert set(batch.atoms[differs].tolist()) <= {n, nh} and set(toggled[differs].tolist()) <= {n, nh}
+        _, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
+        x_atoms = torch.nn.functional.one_hot(toggled, vocab.num_atom_types).float()
+        for i in range(3):  # RDKit cannot kekulize any of the toggled rings
+            size = int(batch.mask[i].sum())
+            assert decode_raw(x_atoms[i, :size].numpy(), x_bonds[i, :size, :size].numpy(), vocab).failure == "kekulize"
+    _, changed = hydrogen_toggled(model, batch, torch.from_numpy(partners), 0.0, torch.Generator().manual_seed(0))
+    assert not changed.any()
+
+    # In the loss the toggled states only feed the model: the targets stay the real molecules.
+    dist = torch.zeros(len(smiles), dtype=torch.long)
+    size_log_probs = torch.full((len(smiles), 10), -2.3)
+    partners = torch.from_numpy(partners)
+
+    def losses(**weights):
+        return training_losses(model, batch, dist, NoiseProcess(), size_log_probs,
+                               LossWeights(nll_molecules=2, nll_samples=2, **weights), torch.Generator().manual_seed(0),
+                               partners)
+
+    with pytest.raises(ValueError, match="hydrogen_partners"):
+        training_losses(model, batch, dist, NoiseProcess(), size_log_probs,
+                        LossWeights(repair_share=1.0), torch.Generator().manual_seed(0))
+    for rate in (0.0, 1.0):  # with and without the self-conditioning pass
+        repaired = losses(repair_share=1.0, self_conditioning_rate=rate)
+        assert all(torch.isfinite(v) for v in repaired.values())
+        assert repaired["score"] != losses(self_conditioning_rate=rate)["score"]
+
+
 def test_train_cli_end_to_end(tmp_path):
     source = tmp_path / "mols.csv"
     pd.read_csv(shared_file("qm9.csv")).iloc[:300].to_csv(source, index=False)
@@ -211,6 +259,8 @@ def test_train_cli_end_to_end(tmp_path):
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--ring-features", "--no-self-conditioning"])
     assert bad.exit_code == 2 and "--ring-features reads the self-conditioning estimate" in bad.output
+    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--repair-share", "0.5"])
+    assert bad.exit_code == 2 and "--repair-share moves hydrogens on aromatic bonds: add --aromatic-bonds" in bad.output
 
     # --resume takes the options the run was trained with unless they are given again.
     result = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--epochs", "3"])
