@@ -333,7 +333,12 @@ def _train(
               "repair_share": repair_share},
         noise=noise_config(logsnr_max, logsnr_min),
     )
-    trainer = Trainer(config, TrainingData.combine(datasets, names), out)
+    training_data = TrainingData.combine(datasets, names)
+    held_out = len(training_data.indices("val")) or len(training_data.indices("test"))
+    if not len(training_data.indices("train")) or not held_out:
+        raise _fail(f"{', '.join(names)}: {len(training_data.indices('train'))} training and {held_out} held-out "
+                    "molecules; training needs both (5% of a file's rows are held out: give it at least 20)", 2)
+    trainer = Trainer(config, training_data, out)
     try:
         if resume:
             trainer.resume()

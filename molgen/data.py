@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from molgen.chemistry import canonical_smiles, parse_smiles_with_reason
-from molgen.io import read_molecules
+from molgen.io import InputError, read_molecules
 from molgen.tokenizer import (
     TOKENIZER_VERSION,
     GraphBatch,
@@ -276,7 +276,11 @@ def prepare_dataset(
         results = [r for part in parts for r in encode(part)]
 
     if vocab is None:
-        train_graphs = (g for (g, _, _), s in zip(results, row_split) if g is not None and s == 0)
+        train_graphs = [g for (g, _, _), s in zip(results, row_split) if g is not None and s == 0]
+        if not train_graphs:
+            first = next(((row, status, reason) for row, (g, reason, status) in enumerate(results) if g is None), None)
+            detail = f"; row {first[0] + 1}: {first[1]}: {first[2]}" if first else ""
+            raise InputError(f"{source}: no molecule to train on among its {n_rows:,} rows{detail}")
         vocab = Vocabulary.from_graphs(train_graphs, max_atoms, aromatic_bonds)
     dataset = _encode_results(results, row_split, vocab, source, key)
     if use_cache:

@@ -8,11 +8,11 @@ from conftest import shared_file
 from typer.testing import CliRunner
 
 from molgen.checkpoint import load_model, read_checkpoint, save_checkpoint
+from molgen.chemistry import parse_smiles
 from molgen.cli import app
 from molgen.data import prepare_dataset
-from molgen.likelihood import elbo
-from molgen.chemistry import parse_smiles
 from molgen.decode import decode_raw
+from molgen.likelihood import elbo
 from molgen.losses import LossWeights, consistency_loss, hydrogen_toggled, training_losses
 from molgen.model import DiScoConfig, DiScoFormer, posterior_probs
 from molgen.noise import NoiseProcess, q_sample, symmetric_noise
@@ -239,6 +239,24 @@ def test_hydrogen_toggled_breaks_one_ring_hydrogen_of_each_molecule_that_has_one
         assert repaired["score"] != losses(self_conditioning_rate=rate)["score"]
 
 
+def test_train_cli_repair_share_trains_and_resumes_with_it(tmp_path):
+    source = tmp_path / "mols.csv"
+    frame = pd.read_csv(shared_file("qm9.csv")).iloc[:3000]
+    aromatic_nitrogen = [any(a.GetIsAromatic() and a.GetSymbol() == "N" for a in parse_smiles(s).GetAtoms())
+                         for s in frame.smiles]
+    frame[aromatic_nitrogen].iloc[:128].to_csv(source, index=False)
+    out = tmp_path / "run"
+    args = ["train", str(source), "-o", str(out), "--epochs", "1", "--batch-size", "64", "--d-model", "16",
+            "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "8", "--aromatic-bonds",
+            "--repair-share", "0.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(out / "checkpoint.pt")["meta"]["train_config"]["loss"]["repair_share"] == 0.5
+    result = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "--repair-share 0.5" in " ".join(result.output.split())
+
+
 def test_train_cli_end_to_end(tmp_path):
     source = tmp_path / "mols.csv"
     pd.read_csv(shared_file("qm9.csv")).iloc[:300].to_csv(source, index=False)
@@ -259,6 +277,14 @@ def test_train_cli_end_to_end(tmp_path):
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--ring-features", "--no-self-conditioning"])
     assert bad.exit_code == 2 and "--ring-features reads the self-conditioning estimate" in bad.output
+    nothing = tmp_path / "nothing.csv"
+    nothing.write_text("smiles\nxx\nC1CC\n")
+    bad = CliRunner().invoke(app, ["train", str(nothing), "-o", str(out)])
+    assert bad.exit_code == 2 and "no molecule to train on among its 2 rows; row 1: invalid_smiles" in bad.output
+    few = tmp_path / "few.csv"
+    few.write_text("smiles\nCCO\nCCN\nc1ccccc1\n")
+    bad = CliRunner().invoke(app, ["train", str(few), "-o", str(out)])
+    assert bad.exit_code == 2 and "few: 3 training and 0 held-out molecules; training needs both" in bad.output
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--repair-share", "0.5"])
     assert bad.exit_code == 2 and "--repair-share moves hydrogens on aromatic bonds: add --aromatic-bonds" in bad.output
 
