@@ -158,9 +158,9 @@ def hydrogen_toggled(
     aromatic bond swapped for its hydrogen partner (n <-> [nH]) so that the aromatic bonds have no
     Kekulé structure; and which molecules were changed (B,) bool.
 
-    Sampling chains reach such states (an estimate with a misplaced ring hydrogen, about 7% of raw
-    samples) and then keep them: noised real molecules never show the model a broken ring at low
-    noise, so it learned to denoise towards whatever graph the state is near. Drawn around the broken
+    Sampling chains reach such states and keep them: about 7% of raw samples cannot be kekulized,
+    most of them for one misplaced ring hydrogen. Noised real molecules never show the model a broken
+    ring at low noise, so it learned to denoise towards whatever graph the state is near. Drawn around the broken
     copy with the real molecule as the target, these states teach the model to move the hydrogen back;
     the Kekulé features, which flag exactly such atoms, then have something to say.
     """
