@@ -29,7 +29,14 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from molgen.likelihood import elbo, upper_pair_mask
-from molgen.model import AROMATIC_ORDER, DiScoFormer, ModelOutput, kekule_features, posterior_probs
+from molgen.model import (
+    AROMATIC_ORDER,
+    DiScoFormer,
+    ModelOutput,
+    aromatic_system,
+    has_perfect_matching,
+    posterior_probs,
+)
 from molgen.noise import LogSNRSchedule, NoiseProcess, expand, q_sample, symmetric_noise, tweedie_score
 from molgen.tokenizer import GraphBatch, pair_mask_of
 
@@ -179,9 +186,10 @@ def hydrogen_toggled(
     toggled = torch.where(chosen, partners[atoms].clamp(min=0), atoms)
     # A swap that keeps the need for a double bond (a charged N with two aromatic bonds) leaves the
     # ring intact: such molecules stay as they were.
+    # Only the matching test: the per-atom Kekulé features would cost N determinants more per molecule.
     x_atoms, x_bonds = GraphBatch(toggled, bonds, mask).one_hot(model.config.num_atom_types, model.config.num_bond_types)
-    broken = kekule_features(x_atoms, x_bonds, model.valences, model.bond_orders, model.matching_weights)[..., 1].any(1)
-    changed = changed & broken
+    aromatic, _, needs_double = aromatic_system(x_atoms, x_bonds, model.valences, model.bond_orders)
+    changed = changed & ~has_perfect_matching(aromatic, needs_double, model.matching_weights)
     return torch.where(changed[:, None], toggled, atoms), changed
 
 

@@ -133,6 +133,22 @@ def has_perfect_matching(edges: torch.Tensor, nodes: torch.Tensor, weights: torc
     return torch.linalg.det(tutte).abs() > 1e-9
 
 
+def aromatic_system(
+    atom_probs: torch.Tensor, bond_probs: torch.Tensor, valences: torch.Tensor, bond_orders: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Of the argmax graph: its aromatic bonds (B, N, N), the atoms on one (B, N), and those of them
+    that need one of their aromatic bonds to be double (B, N), all bool. The aromatic bonds have a
+    Kekulé structure exactly when they hold a perfect matching of the atoms that need one."""
+    present = atom_probs.sum(-1) > 0
+    bonds = torch.where(bond_probs.sum(-1) > 0, bond_probs.argmax(-1), 0)
+    aromatic = bonds == int((bond_orders == AROMATIC_ORDER).nonzero()[0])
+    aromatic_degree = aromatic.sum(-1)
+    other_orders = torch.where(aromatic, 0.0, bond_orders[bonds]).sum(-1)
+    free = valences[atom_probs.argmax(-1)] - other_orders - aromatic_degree
+    in_system = present & (aromatic_degree > 0)
+    return aromatic, in_system, in_system & (free >= 1)
+
+
 def kekule_features(
     atom_probs: torch.Tensor, bond_probs: torch.Tensor, valences: torch.Tensor, bond_orders: torch.Tensor,
     matching_weights: torch.Tensor,
@@ -152,15 +168,7 @@ def kekule_features(
     """
     n = atom_probs.shape[1]
     eye = torch.eye(n, dtype=torch.bool, device=atom_probs.device)
-    present = atom_probs.sum(-1) > 0
-    bonds = torch.where(bond_probs.sum(-1) > 0, bond_probs.argmax(-1), 0)
-    aromatic = bonds == int((bond_orders == AROMATIC_ORDER).nonzero()[0])
-    aromatic_degree = aromatic.sum(-1)
-    other_orders = torch.where(aromatic, 0.0, bond_orders[bonds]).sum(-1)
-    free = valences[atom_probs.argmax(-1)] - other_orders - aromatic_degree
-    in_system = present & (aromatic_degree > 0)
-    needs_double = in_system & (free >= 1)
-
+    aromatic, in_system, needs_double = aromatic_system(atom_probs, bond_probs, valences, bond_orders)
     broken = in_system & ~has_perfect_matching(aromatic, needs_double, matching_weights)[:, None]
     # The per-atom checks below cost N determinants or N reachability closures per molecule: they
     # run only on the molecules they can flag (the broken ones; those with aromatic bonds).
