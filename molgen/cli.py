@@ -247,6 +247,11 @@ def train(
         "partner) noised from a copy with that hydrogen moved, the real molecule the target: teaches the sampler to "
         "mend rings with no Kekulé structure (needs --aromatic-bonds).",
     ),
+    bond_repair_share: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="Share of the molecules noised from a copy with one bond added or raised past an "
+        "atom's valence, or one bridge removed, the real molecule the target: teaches the sampler to mend valence and "
+        "connectivity failures.",
+    ),
     logsnr_max: float = typer.Option(9.0),
     logsnr_min: float = typer.Option(-9.0),
     val_molecules: int = typer.Option(1000, min=1, help="Held-out molecules for the per-epoch validation ELBO."),
@@ -286,7 +291,7 @@ def _saved_training_options(checkpoint: Path) -> dict:
         **{name: model[name] for name in ("d_model", "n_layers", "n_heads", "d_pair", "self_conditioning",
                                           "ring_features", "kekule_features") if name in model},
         "nll_weight": loss["nll"], "consistency_weight": loss["consistency"],
-        "repair_share": loss.get("repair_share", 0.0),
+        "repair_share": loss.get("repair_share", 0.0), "bond_repair_share": loss.get("bond_repair_share", 0.0),
         "logsnr_max": noise["logsnr_max"], "logsnr_min": noise["logsnr_min"],
         "aromatic_bonds": "aromatic" in payload["vocab"]["bond_types"],
     }
@@ -295,7 +300,7 @@ def _saved_training_options(checkpoint: Path) -> dict:
 def _train(
     data, out, qm9_path, epochs, batch_size, lr, max_minutes, schedule_minutes, checkpoint_minutes, resume, device,
     seed, d_model, n_layers, n_heads, d_pair, self_conditioning, ring_features, kekule_features, nll_weight,
-    consistency_weight, repair_share, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
+    consistency_weight, repair_share, bond_repair_share, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
 ) -> None:
     if device.startswith("cuda") and not _cuda_available():
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
@@ -330,7 +335,7 @@ def _train(
         checkpoint_minutes=checkpoint_minutes, val_molecules=val_molecules,
         model=model_options,
         loss={**LossWeights().to_dict(), "nll": nll_weight, "consistency": consistency_weight,
-              "repair_share": repair_share},
+              "repair_share": repair_share, "bond_repair_share": bond_repair_share},
         noise=noise_config(logsnr_max, logsnr_min),
     )
     training_data = TrainingData.combine(datasets, names)

@@ -13,7 +13,7 @@ from molgen.cli import app
 from molgen.data import prepare_dataset
 from molgen.decode import decode_raw
 from molgen.likelihood import elbo
-from molgen.losses import LossWeights, consistency_loss, hydrogen_toggled, training_losses
+from molgen.losses import LossWeights, bond_corrupted, consistency_loss, hydrogen_toggled, training_losses
 from molgen.model import DiScoConfig, DiScoFormer, posterior_probs
 from molgen.noise import NoiseProcess, q_sample, symmetric_noise
 from molgen.tokenizer import Vocabulary, collate, encode, molecular_graph
@@ -239,6 +239,59 @@ def test_hydrogen_toggled_breaks_one_ring_hydrogen_of_each_molecule_that_has_one
         assert repaired["score"] != losses(self_conditioning_rate=rate)["score"]
 
 
+@pytest.mark.parametrize("aromatic_bonds", [False, True])
+def test_bond_corrupted_breaks_a_valence_or_a_bridge_of_each_molecule_that_allows_it(aromatic_bonds):
+    # Ethanol has bridges and no saturated atom; the quaternary carbon is saturated and has bridges
+    # (either kind), the ring ether's oxygen is saturated and has no bridge; cyclopropane and benzene
+    # have neither (a Kekulé ring carbon has a hydrogen left; one with an aromatic bond is not counted
+    # for valence); one atom has no bond at all.
+    smiles = ["CCO", "CC(C)(C)C", "C1COC1", "C1CC1", "c1ccccc1", "C", "C#N", "CC(=O)N", "Cc1ccncc1O"]
+    graphs = [molecular_graph(parse_smiles(s), aromatic_bonds=aromatic_bonds) for s in smiles]
+    vocab = Vocabulary.from_graphs(graphs, max_atoms=9, aromatic_bonds=aromatic_bonds)
+    batch = collate([encode(parse_smiles(s), vocab) for s in smiles], 9)
+    model = DiScoFormer(DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences),
+                                    bond_orders=vocab.bond_orders, d_model=16, n_layers=1, n_heads=2, d_pair=4, d_ff=32))
+    allowed = [True, True, True, False, False, False, True, True, True]
+    kinds = set()
+    for seed in range(20):
+        bonds, changed = bond_corrupted(model, batch, 1.0, torch.Generator().manual_seed(seed))
+        assert changed.tolist() == allowed
+        differs = torch.triu(bonds != batch.bonds, diagonal=1)
+        assert differs.flatten(1).sum(1).tolist() == [int(a) for a in allowed]
+        assert torch.equal(bonds, bonds.transpose(1, 2))
+        for i in range(len(smiles)):
+            if not allowed[i]:
+                continue
+            size = int(batch.mask[i].sum())
+            x_atoms = torch.nn.functional.one_hot(batch.atoms[i, :size], vocab.num_atom_types).float()
+            x_bonds = torch.nn.functional.one_hot(bonds[i, :size, :size], vocab.num_bond_types).float()
+            failure = decode_raw(x_atoms.numpy(), x_bonds.numpy(), vocab).failure
+            removed = bool((bonds[i][differs[i]] == 0).all())
+            # A removed bond always disconnects; an added or raised one always exceeds a valence.
+            assert failure == ("disconnected" if removed else "valence"), (smiles[i], failure)
+            kinds.add((smiles[i], failure))
+    assert ("CCO", "valence") not in kinds and ("CC(C)(C)C", "valence") in kinds and ("CC(C)(C)C", "disconnected") in kinds
+    exclude = torch.tensor(allowed)
+    _, changed = bond_corrupted(model, batch, 1.0, torch.Generator().manual_seed(0), exclude=exclude)
+    assert not changed.any()
+    _, changed = bond_corrupted(model, batch, 0.0, torch.Generator().manual_seed(0))
+    assert not changed.any()
+
+    # In the loss the corrupted states only feed the model; it runs beside the hydrogen moves.
+    dist = torch.zeros(len(smiles), dtype=torch.long)
+    size_log_probs = torch.full((len(smiles), 10), -2.3)
+
+    def losses(**weights):
+        return training_losses(model, batch, dist, NoiseProcess(), size_log_probs,
+                               LossWeights(nll_molecules=2, nll_samples=2, **weights), torch.Generator().manual_seed(0),
+                               torch.from_numpy(vocab.hydrogen_partners()))
+
+    for rate in (0.0, 1.0):
+        repaired = losses(bond_repair_share=1.0, repair_share=1.0, self_conditioning_rate=rate)
+        assert all(torch.isfinite(v) for v in repaired.values())
+        assert repaired["score"] != losses(self_conditioning_rate=rate)["score"]
+
+
 def test_train_cli_repair_share_trains_and_resumes_with_it(tmp_path):
     source = tmp_path / "mols.csv"
     frame = pd.read_csv(shared_file("qm9.csv")).iloc[:3000]
@@ -248,13 +301,14 @@ def test_train_cli_repair_share_trains_and_resumes_with_it(tmp_path):
     out = tmp_path / "run"
     args = ["train", str(source), "-o", str(out), "--epochs", "1", "--batch-size", "64", "--d-model", "16",
             "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "8", "--aromatic-bonds",
-            "--repair-share", "0.5"]
+            "--repair-share", "0.5", "--bond-repair-share", "0.25"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert read_checkpoint(out / "checkpoint.pt")["meta"]["train_config"]["loss"]["repair_share"] == 0.5
+    loss = read_checkpoint(out / "checkpoint.pt")["meta"]["train_config"]["loss"]
+    assert loss["repair_share"] == 0.5 and loss["bond_repair_share"] == 0.25
     result = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--epochs", "2"])
     assert result.exit_code == 0, result.output
-    assert "--repair-share 0.5" in " ".join(result.output.split())
+    assert "--repair-share 0.5, --bond-repair-share 0.25" in " ".join(result.output.split())
 
 
 def test_train_cli_end_to_end(tmp_path):
