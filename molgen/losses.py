@@ -23,7 +23,6 @@ Every term is a mean over molecules of a per-molecule sum, divided by the maximu
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -38,6 +37,7 @@ from molgen.model import (
     aromatic_system,
     has_perfect_matching,
     posterior_probs,
+    reachable,
 )
 from molgen.noise import LogSNRSchedule, NoiseProcess, expand, q_sample, symmetric_noise, tweedie_score
 from molgen.tokenizer import GraphBatch, pair_mask_of
@@ -252,19 +252,15 @@ def bond_corrupted(
 
 
 def _connected_without(present: torch.Tensor) -> torch.Tensor:
-    """(B, N, N) bool: for each bond (i, j) of ``present`` (B, N, N symmetric), whether i and j are
-    still connected once that bond is removed, i.e. whether it is not a bridge."""
-    size, n, _ = present.shape
-    edges = present.nonzero()  # (E, 3): molecule, i, j
-    adjacency = present[edges[:, 0]].float()  # one graph per bond, with that bond removed
+    """(B, N, N) bool, upper triangle: for each bond (i < j) of ``present`` (B, N, N symmetric),
+    whether i and j are still connected once that bond is removed, i.e. whether it is not a bridge."""
+    edges = torch.triu(present, diagonal=1).nonzero()  # (E, 3): molecule, i, j
+    adjacency = present[edges[:, 0]].clone()  # one graph per bond, with that bond removed
     rows = torch.arange(len(edges), device=present.device)
-    adjacency[rows, edges[:, 1], edges[:, 2]] = 0.0
-    adjacency[rows, edges[:, 2], edges[:, 1]] = 0.0
-    reach = ((adjacency + torch.eye(n, device=present.device)) > 0).float()
-    for _ in range(max(1, math.ceil(math.log2(max(n, 2))))):  # paths of up to 2^k bonds
-        reach = ((reach @ reach) > 0).float()
+    adjacency[rows, edges[:, 1], edges[:, 2]] = False
+    adjacency[rows, edges[:, 2], edges[:, 1]] = False
     connected = torch.zeros_like(present)
-    connected[edges[:, 0], edges[:, 1], edges[:, 2]] = reach[rows, edges[:, 1], edges[:, 2]] > 0
+    connected[edges[:, 0], edges[:, 1], edges[:, 2]] = reachable(adjacency)[rows, edges[:, 1], edges[:, 2]]
     return connected
 
 

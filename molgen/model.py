@@ -189,12 +189,20 @@ def on_aromatic_cycle(aromatic: torch.Tensor) -> torch.Tensor:
     n = aromatic.shape[-1]
     eye = torch.eye(n, dtype=torch.bool, device=aromatic.device)
     without = aromatic[:, None] & ~eye[None, :, :, None] & ~eye[None, :, None, :]  # (M, removed atom, N, N)
-    reach = (without | eye).float()
-    for _ in range(3):  # paths of up to 8 bonds: every pair of a 9-atom graph
-        reach = (reach @ reach).clamp(max=1.0)
+    reach = reachable(without).float()
     neighbours = aromatic.float()
     joined = torch.einsum("bij,bijk,bik->bi", neighbours, reach, neighbours) - aromatic.sum(-1)  # minus j = k
     return joined > 0.5
+
+
+def reachable(adjacency: torch.Tensor) -> torch.Tensor:
+    """(..., N, N) bool: whether j can be reached from i along the bonds of ``adjacency`` (..., N, N)
+    bool; every atom reaches itself. Repeated squaring: k squarings cover paths of up to 2^k bonds."""
+    n = adjacency.shape[-1]
+    reach = (adjacency | torch.eye(n, dtype=torch.bool, device=adjacency.device)).float()
+    for _ in range(max(1, n - 2).bit_length()):  # 2^k >= n - 1, the longest simple path
+        reach = (reach @ reach).clamp(max=1.0)
+    return reach > 0.5
 
 
 class FourierEmbedding(nn.Module):
