@@ -411,6 +411,9 @@ def distill(
     molecules: int = typer.Option(20_000, min=2, help="Training molecules whose ELBO becomes a target."),
     elbo_samples: int = typer.Option(32, min=2, help="Noise levels per target ELBO."),
     epochs: int = typer.Option(600, min=1, help="Passes of the head over the targets."),
+    huber_nats: float = typer.Option(
+        2.0, min=0.0, help="Residuals past this many nats cost linearly, so the long tail of mutant ELBOs "
+        "does not swamp the fit; 0 fits by least squares."),
     atom_terms: bool = typer.Option(
         True, help="Give the head per-atom terms summed over the atoms (the ELBO is such a sum); "
         "--no-atom-terms refits the [CLS] head alone."),
@@ -425,8 +428,8 @@ def distill(
     except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error), 2) from None
     datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
-    config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, atom_terms=atom_terms,
-                            seed=seed)
+    config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, huber_nats=huber_nats,
+                            atom_terms=atom_terms, seed=seed)
     try:
         with console.status("distilling") as status:
             report = distill_checkpoint(checkpoint, TrainingData.combine(datasets, names), config, output,

@@ -9,7 +9,7 @@ so the head learns mostly the mean and the size. This pass fixes that after trai
 2. low-variance ELBO targets for many training molecules and some single-edit mutants of them (so
    the head also learns what the model thinks just off the data), with the final token states of
    the same molecules at the clean end (what the density head reads);
-3. the head refit on those pairs by least squares (Adam), judged on held-out molecules against an
+3. the head refit on those pairs under a Huber loss (Adam), judged on held-out molecules against an
    independent, higher-precision ELBO. By default the head gains per-atom terms
    (``DiScoConfig.density_atom_terms``) if it has none: the ELBO is a sum over atoms and pairs;
 4. the calibration quantiles recomputed with the new head on the held-out molecules.
@@ -50,6 +50,10 @@ class DistillConfig:
     lr: float = 1e-3
     batch_size: int = 256
     seed: int = 0
+    # Residuals past this many nats cost linearly, not squared: some mutants' ELBOs run to hundreds of
+    # nats, and least squares spends the head on that tail instead of ranking the molecules near the
+    # data (on 20,000 targets: held-out Spearman 0.29 -> 0.66, AUROC vs mutants 0.82 -> 0.90). 0: squares.
+    huber_nats: float = 2.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,41 +93,66 @@ def with_atom_terms(model: DiScoFormer) -> DiScoFormer:
     return upgraded
 
 
-def distill_density_head(
+@dataclass
+class DistillationTargets:
+    """What the head is refit on: the clean-end token states, atom masks and ELBO targets of the target
+    molecules, and of the held-out check molecules two independent ELBOs (fit and repeatability)."""
+
+    proposal: torch.Tensor
+    states: torch.Tensor
+    masks: torch.Tensor
+    elbos: torch.Tensor
+    check_states: torch.Tensor
+    check_masks: torch.Tensor
+    check_elbos: torch.Tensor
+    check_repeat_elbos: torch.Tensor
+
+
+def distillation_targets(
     model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, target_rows: np.ndarray, check_rows: np.ndarray,
     size_log_probs: torch.Tensor, config: DistillConfig, log: Callable[[str], None] = lambda message: None,
-) -> dict:
-    """Refit ``model``'s density head (with its atom terms if it has them) in place on the ELBOs of
-    ``target_rows`` (the proposal is estimated on the first ``pilot_molecules`` of them); returns the
-    proposal and before/after figures on ``check_rows``."""
+) -> DistillationTargets:
+    """The ELBO targets of ``target_rows`` and ``check_rows`` under an importance proposal estimated on
+    the first ``pilot_molecules`` target rows: the expensive part of distillation."""
     generator = torch.Generator().manual_seed(config.seed)
     model.eval()
     pilot, pilot_dist = batch_of(target_rows[: config.pilot_molecules])
     proposal = importance_proposal(model, pilot, pilot_dist, noise, generator=generator)
     log("importance proposal estimated")
-    states, masks, targets = clean_states_and_elbo(model, noise, batch_of, target_rows, size_log_probs,
-                                                   config.elbo_samples, proposal, generator)
+    states, masks, elbos = clean_states_and_elbo(model, noise, batch_of, target_rows, size_log_probs,
+                                                 config.elbo_samples, proposal, generator)
     log(f"{len(target_rows):,} training targets ({config.elbo_samples} levels each)")
-    check_states, check_masks, check_first = clean_states_and_elbo(
+    check_states, check_masks, check_elbos = clean_states_and_elbo(
         model, noise, batch_of, check_rows, size_log_probs, config.check_samples, proposal, generator)
-    *_, check_second = clean_states_and_elbo(model, noise, batch_of, check_rows, size_log_probs,
-                                             config.check_samples, proposal, generator)
-    with torch.no_grad():
-        before = spearman(model.density_of(check_states, check_masks).numpy(), -check_first.numpy())
+    *_, check_repeat_elbos = clean_states_and_elbo(model, noise, batch_of, check_rows, size_log_probs,
+                                                   config.check_samples, proposal, generator)
+    return DistillationTargets(proposal, states, masks, elbos, check_states, check_masks, check_elbos,
+                               check_repeat_elbos)
 
+
+def fit_density_head(model: DiScoFormer, targets: DistillationTargets, config: DistillConfig) -> dict:
+    """Refit ``model``'s density head (with its atom terms if it has them) in place on ``targets``;
+    returns before/after figures on the check molecules."""
+    check_elbos = targets.check_elbos.numpy()
+    with torch.no_grad():
+        before = spearman(model.density_of(targets.check_states, targets.check_masks).numpy(), -check_elbos)
     parameters = model.density_parameters()
     trainable = [parameter.requires_grad for parameter in parameters]
     for parameter in parameters:  # an EMA copy has grads off
         parameter.requires_grad_(True)
-    model.density_offset.fill_(float(-targets.mean()))
+    model.density_offset.fill_(float(-targets.elbos.mean()))
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
     order_generator = torch.Generator().manual_seed(config.seed)
     for _ in range(config.epochs):
-        order = torch.randperm(len(states), generator=order_generator)
-        for start in range(0, len(states), config.batch_size):
+        order = torch.randperm(len(targets.states), generator=order_generator)
+        for start in range(0, len(targets.states), config.batch_size):
             index = order[start : start + config.batch_size]
-            loss = ((model.density_of(states[index], masks[index]) + targets[index]) ** 2).mean()
+            predicted = model.density_of(targets.states[index], targets.masks[index])
+            if config.huber_nats > 0:
+                loss = torch.nn.functional.huber_loss(predicted, -targets.elbos[index], delta=config.huber_nats)
+            else:
+                loss = ((predicted + targets.elbos[index]) ** 2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -131,17 +160,27 @@ def distill_density_head(
     for parameter, flag in zip(parameters, trainable):
         parameter.requires_grad_(flag)
     with torch.no_grad():
-        after_values = model.density_of(check_states, check_masks).numpy()
+        after_values = model.density_of(targets.check_states, targets.check_masks).numpy()
     return {
-        "proposal": proposal.tolist(),
+        "proposal": targets.proposal.tolist(),
         "config": config.to_dict(),
-        "check_molecules": int(len(check_rows)),
+        "check_molecules": int(len(check_elbos)),
         "spearman_density_elbo_before": before,
-        "spearman_density_elbo_after": spearman(after_values, -check_first.numpy()),
-        "check_elbo_repeatability": spearman(-check_first.numpy(), -check_second.numpy()),
-        "train_target_mean_nats": float(targets.mean()),
-        "check_rmse_nats": float(np.sqrt(np.mean((after_values + check_first.numpy()) ** 2))),
+        "spearman_density_elbo_after": spearman(after_values, -check_elbos),
+        "check_elbo_repeatability": spearman(-check_elbos, -targets.check_repeat_elbos.numpy()),
+        "train_target_mean_nats": float(targets.elbos.mean()),
+        "check_rmse_nats": float(np.sqrt(np.mean((after_values + check_elbos) ** 2))),
     }
+
+
+def distill_density_head(
+    model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, target_rows: np.ndarray, check_rows: np.ndarray,
+    size_log_probs: torch.Tensor, config: DistillConfig, log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Refit ``model``'s density head in place on the ELBOs of ``target_rows``; returns the proposal and
+    before/after figures on ``check_rows``."""
+    targets = distillation_targets(model, noise, batch_of, target_rows, check_rows, size_log_probs, config, log)
+    return fit_density_head(model, targets, config)
 
 
 def with_mutants(data: TrainingData, count: int, seed: int) -> tuple[BatchOf, np.ndarray]:
