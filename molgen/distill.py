@@ -148,11 +148,9 @@ def fit_density_head(model: DiScoFormer, targets: DistillationTargets, config: D
         order = torch.randperm(len(targets.states), generator=order_generator)
         for start in range(0, len(targets.states), config.batch_size):
             index = order[start : start + config.batch_size]
-            predicted = model.density_of(targets.states[index], targets.masks[index])
-            if config.huber_nats > 0:
-                loss = torch.nn.functional.huber_loss(predicted, -targets.elbos[index], delta=config.huber_nats)
-            else:
-                loss = ((predicted + targets.elbos[index]) ** 2).mean()
+            predicted, wanted = model.density_of(targets.states[index], targets.masks[index]), -targets.elbos[index]
+            loss = (torch.nn.functional.huber_loss(predicted, wanted, delta=config.huber_nats) if config.huber_nats > 0
+                    else torch.nn.functional.mse_loss(predicted, wanted))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
