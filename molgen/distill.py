@@ -29,7 +29,7 @@ import torch
 from molgen.checkpoint import read_checkpoint, save_checkpoint
 from molgen.evaluation.decoys import single_edit_mutants
 from molgen.evaluation.density import spearman
-from molgen.likelihood import elbo, importance_proposal, log_density
+from molgen.likelihood import clean_states, elbo, importance_proposal, log_density
 from molgen.model import DiScoConfig, DiScoFormer
 from molgen.noise import NoiseProcess
 from molgen.scoring import encode_smiles
@@ -72,11 +72,7 @@ def clean_states_and_elbo(
     states, masks, targets = [], [], []
     for start in range(0, len(rows), chunk):
         batch, dist = batch_of(rows[start : start + chunk])
-        x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
-        t = torch.zeros(batch.mask.shape[0])
-        output = model(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist,
-                       (x_atoms, x_bonds))
-        states.append(output.final_states)
+        states.append(clean_states(model, batch, dist, noise))
         masks.append(batch.mask)
         estimate, _ = elbo(model, batch, dist, noise, size_log_probs[dist], samples, generator, proposal=proposal)
         targets.append(estimate)

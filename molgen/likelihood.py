@@ -190,11 +190,18 @@ def importance_proposal(
 
 
 @torch.no_grad()
-def log_density(model, batch: GraphBatch, dist: torch.Tensor, noise: NoiseProcess) -> torch.Tensor:
-    """The density head at the clean end: log P(molecule) in nats from one forward pass (B,)."""
+def clean_states(model, batch: GraphBatch, dist: torch.Tensor, noise: NoiseProcess) -> torch.Tensor:
+    """Final token states (B, 2 + N, d) of the clean molecules, self-conditioned on themselves: what
+    the density head reads."""
     x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
     t = torch.zeros(batch.mask.shape[0], device=batch.mask.device)
-    output = model(
-        x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist, (x_atoms, x_bonds)
+    states, _ = model.token_states(
+        x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist, (x_atoms, x_bonds),
+        final_pairs=False,
     )
-    return output.density
+    return states
+
+
+def log_density(model, batch: GraphBatch, dist: torch.Tensor, noise: NoiseProcess) -> torch.Tensor:
+    """The density head at the clean end: log P(molecule) in nats from one forward pass (B,)."""
+    return model.density_of(clean_states(model, batch, dist, noise), batch.mask)

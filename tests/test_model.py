@@ -64,6 +64,21 @@ def test_heads_have_the_right_shapes_are_finite_and_symmetric(setup):
     assert torch.allclose(again.density, output.density, atol=1e-4)
 
 
+def test_log_density_skips_the_last_pair_update_without_changing_the_density(setup):
+    vocab, batch, model = setup
+    x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
+    noise = NoiseProcess()
+    t = torch.zeros(batch.mask.shape[0])
+    dist = torch.zeros_like(t, dtype=torch.long)
+    with torch.no_grad():
+        full = model(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist, (x_atoms, x_bonds))
+        states, pairs = model.token_states(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t),
+                                           dist, (x_atoms, x_bonds), final_pairs=False)
+        assert pairs is None
+        torch.testing.assert_close(states, full.final_states)
+        torch.testing.assert_close(log_density(model, batch, dist, noise), full.density)
+
+
 def test_density_atom_terms_start_at_zero_and_sum_over_real_atoms_only(setup):
     from molgen.distill import with_atom_terms
 
