@@ -34,7 +34,7 @@ from molgen.pipeline import generate as run_generate
 from molgen.sampler import SamplerSettings
 from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer
 from molgen.screen import FilterSpec, ScreenSummary, StrictFailure, screen_file
-from molgen.tokenizer import Vocabulary
+from molgen.tokenizer import REPAIR_SWAPS, Vocabulary
 from molgen.train import TrainConfig, Trainer, TrainingData, noise_config
 
 app = typer.Typer(
@@ -243,9 +243,13 @@ def train(
     nll_weight: float = typer.Option(0.1, min=0.0, help="Weight of the density regression onto the ELBO."),
     consistency_weight: float = typer.Option(0.01, min=0.0, help="Weight of the score-density consistency loss."),
     repair_share: float = typer.Option(
-        0.0, min=0.0, max=1.0, help="Share of the molecules with an aromatic n/[nH] (or other atom with a hydrogen "
-        "partner) noised from a copy with that hydrogen moved, the real molecule the target: teaches the sampler to "
-        "mend rings with no Kekulé structure (needs --aromatic-bonds).",
+        0.0, min=0.0, max=1.0, help="Share of the molecules with an aromatic n/[nH] (or other swappable ring atom, see "
+        "--repair-atoms) noised from a copy with that atom swapped so that the ring has no Kekulé structure, the real "
+        "molecule the target: teaches the sampler to mend such rings (needs --aromatic-bonds).",
+    ),
+    repair_atoms: str = typer.Option(
+        "hydrogen", help="Swaps of --repair-share: 'hydrogen' moves a ring hydrogen (n <-> [nH]); 'any' puts any atom "
+        "type of the same charge in its place (c for o, n for c, ...).",
     ),
     bond_repair_share: float = typer.Option(
         0.0, min=0.0, max=1.0, help="Share of the molecules noised from a copy with one bond added or raised past an "
@@ -291,7 +295,8 @@ def _saved_training_options(checkpoint: Path) -> dict:
         **{name: model[name] for name in ("d_model", "n_layers", "n_heads", "d_pair", "self_conditioning",
                                           "ring_features", "kekule_features") if name in model},
         "nll_weight": loss["nll"], "consistency_weight": loss["consistency"],
-        "repair_share": loss.get("repair_share", 0.0), "bond_repair_share": loss.get("bond_repair_share", 0.0),
+        "repair_share": loss.get("repair_share", 0.0), "repair_atoms": loss.get("repair_atoms", "hydrogen"),
+        "bond_repair_share": loss.get("bond_repair_share", 0.0),
         "logsnr_max": noise["logsnr_max"], "logsnr_min": noise["logsnr_min"],
         "aromatic_bonds": "aromatic" in payload["vocab"]["bond_types"],
     }
@@ -300,7 +305,7 @@ def _saved_training_options(checkpoint: Path) -> dict:
 def _train(
     data, out, qm9_path, epochs, batch_size, lr, max_minutes, schedule_minutes, checkpoint_minutes, resume, device,
     seed, d_model, n_layers, n_heads, d_pair, self_conditioning, ring_features, kekule_features, nll_weight,
-    consistency_weight, repair_share, bond_repair_share, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
+    consistency_weight, repair_share, repair_atoms, bond_repair_share, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
 ) -> None:
     if device.startswith("cuda") and not _cuda_available():
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
@@ -312,7 +317,9 @@ def _train(
     if kekule_features and not aromatic_bonds:
         raise _fail("--kekule-features reads aromatic bonds: add --aromatic-bonds", 2)
     if repair_share and not aromatic_bonds:
-        raise _fail("--repair-share moves hydrogens on aromatic bonds: add --aromatic-bonds", 2)
+        raise _fail("--repair-share swaps atoms on aromatic bonds: add --aromatic-bonds", 2)
+    if repair_atoms not in REPAIR_SWAPS:
+        raise _fail(f"--repair-atoms {repair_atoms!r}: one of {', '.join(REPAIR_SWAPS)}", 2)
     datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     model_options = {"d_model": d_model, "d_pair": d_pair, "n_layers": n_layers, "n_heads": n_heads,
                      "d_ff": 2 * d_model, "self_conditioning": self_conditioning, "ring_features": ring_features,
@@ -335,7 +342,7 @@ def _train(
         checkpoint_minutes=checkpoint_minutes, val_molecules=val_molecules,
         model=model_options,
         loss={**LossWeights().to_dict(), "nll": nll_weight, "consistency": consistency_weight,
-              "repair_share": repair_share, "bond_repair_share": bond_repair_share},
+              "repair_share": repair_share, "repair_atoms": repair_atoms, "bond_repair_share": bond_repair_share},
         noise=noise_config(logsnr_max, logsnr_min),
     )
     training_data = TrainingData.combine(datasets, names)

@@ -13,9 +13,10 @@
     that D is an energy whose gradient is the score.
 
 With ``repair_share`` > 0 some molecules' noisy states are drawn around a copy with one aromatic
-hydrogen moved (no Kekulé structure) while the real molecule stays the target: see
-:func:`hydrogen_toggled`. ``bond_repair_share`` does the same with one bond changed so that an atom
-exceeds its valence or the graph falls apart: see :func:`bond_corrupted`.
+atom swapped (a hydrogen moved, or with ``repair_atoms="any"`` any type of the same charge) so that
+the ring has no Kekulé structure, while the real molecule stays the target: see
+:func:`ring_atom_swapped`. ``bond_repair_share`` does the same, drawn independently, with one bond
+changed so that an atom exceeds its valence or the graph falls apart: see :func:`bond_corrupted`.
 
 The noisy and the clean pass share one forward call (the batch is concatenated with itself).
 Every term is a mean over molecules of a per-molecule sum, divided by the maximum atom count.
@@ -51,11 +52,13 @@ class LossWeights:
     consistency_fraction: float = 0.25  # share of each batch that pays for the double backward pass
     nll_molecules: int = 16  # molecules per batch whose ELBO is estimated as the density target
     nll_samples: int = 8  # stratified noise levels per such molecule
-    # Share of the molecules with a toggleable aromatic atom whose noisy state is drawn around their
-    # copy with one hydrogen moved (see hydrogen_toggled); 0 turns it off.
+    # Share of the molecules with a swappable aromatic atom whose noisy state is drawn around their
+    # copy with that atom swapped (see ring_atom_swapped); 0 turns it off.
     repair_share: float = 0.0
-    # Share of the molecules (of those not toggled) whose noisy state is drawn around a copy with one
-    # bond over a valence or one bridge removed (see bond_corrupted); 0 turns it off.
+    # Which swaps: "hydrogen" (n <-> [nH]) or "any" type of the same charge (Vocabulary.repair_swaps).
+    repair_atoms: str = "hydrogen"
+    # Share of the molecules whose noisy state is drawn around a copy with one bond over a valence or
+    # one bridge removed (see bond_corrupted), independently of the atom swaps; 0 turns it off.
     bond_repair_share: float = 0.0
 
     def to_dict(self) -> dict:
@@ -70,11 +73,11 @@ def training_losses(
     size_log_probs: torch.Tensor,
     weights: LossWeights,
     generator: torch.Generator | None = None,
-    hydrogen_partners: torch.Tensor | None = None,
+    repair_swaps: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All loss terms of one batch, each a scalar tensor; ``total`` is the one to minimise.
-    ``hydrogen_partners``: the vocabulary's :meth:`~molgen.tokenizer.Vocabulary.hydrogen_partners`,
-    needed when ``weights.repair_share`` > 0."""
+    ``repair_swaps``: the vocabulary's :meth:`~molgen.tokenizer.Vocabulary.repair_swaps` of kind
+    ``weights.repair_atoms``, needed when ``weights.repair_share`` > 0."""
     config = model.config
     mask = batch.mask
     size, n = mask.shape
@@ -90,13 +93,13 @@ def training_losses(
     eps_bonds = symmetric_noise(x_bonds.shape, generator, device, x_bonds.dtype) * full_pair_mask
     source_atoms, repaired = x_atoms, torch.zeros(size, dtype=torch.bool, device=device)
     if weights.repair_share > 0:
-        if hydrogen_partners is None:
-            raise ValueError("repair_share needs the vocabulary's hydrogen_partners")
-        toggled, repaired = hydrogen_toggled(model, batch, hydrogen_partners, weights.repair_share, generator)
-        source_atoms, _ = GraphBatch(toggled, batch.bonds, mask).one_hot(config.num_atom_types, config.num_bond_types)
+        if repair_swaps is None:
+            raise ValueError("repair_share needs the vocabulary's repair_swaps")
+        swapped, repaired = ring_atom_swapped(model, batch, repair_swaps, weights.repair_share, generator)
+        source_atoms, _ = GraphBatch(swapped, batch.bonds, mask).one_hot(config.num_atom_types, config.num_bond_types)
     source_bonds = x_bonds
     if weights.bond_repair_share > 0:
-        corrupted, broken = bond_corrupted(model, batch, weights.bond_repair_share, generator, exclude=repaired)
+        corrupted, broken = bond_corrupted(model, batch, weights.bond_repair_share, generator)
         _, source_bonds = GraphBatch(batch.atoms, corrupted, mask).one_hot(config.num_atom_types, config.num_bond_types)
         repaired = repaired | broken
     z_atoms = q_sample(source_atoms, t, noise.atoms, eps_atoms)
@@ -168,56 +171,68 @@ def training_losses(
 
 
 @torch.no_grad()
-def hydrogen_toggled(
-    model: DiScoFormer, batch: GraphBatch, partners: torch.Tensor, share: float, generator: torch.Generator | None
+def ring_atom_swapped(
+    model: DiScoFormer, batch: GraphBatch, swaps: torch.Tensor, share: float, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Atom types (B, N) with, in about ``share`` of the molecules that allow it, one atom on an
-    aromatic bond swapped for its hydrogen partner (n <-> [nH]) so that the aromatic bonds have no
-    Kekulé structure; and which molecules were changed (B,) bool.
+    aromatic bond replaced by a type that ``swaps`` (A, A) bool allows for it, chosen so that every
+    atom stays within its valence but the aromatic bonds have no Kekulé structure; and which
+    molecules were changed (B,) bool.
 
     Sampling chains reach such states and keep them: about 7% of raw samples cannot be kekulized,
-    most of them for one misplaced ring hydrogen. Noised real molecules never show the model a broken
-    ring at low noise, so it learned to denoise towards whatever graph the state is near. Drawn around the broken
-    copy with the real molecule as the target, these states teach the model to move the hydrogen back;
-    the Kekulé features, which flag exactly such atoms, then have something to say.
+    most of them for one misplaced ring hydrogen, some for a ring atom of the wrong element (c for
+    o, n for c). Noised real molecules never show the model a broken ring at low noise, so it
+    learned to denoise towards whatever graph the state is near. Drawn around the broken copy with
+    the real molecule as the target, these states teach the model to mend the ring; the Kekulé
+    features, which flag exactly such atoms, then have something to say.
+
+    A swap breaks the ring exactly when it flips whether the atom needs a double bond and the flip
+    leaves the aromatic bonds without a perfect matching, whatever the new type: one matching test
+    per atom and molecule decides for all types.
     """
-    atoms, bonds, mask = batch.atoms, batch.bonds, batch.mask
-    changed = torch.zeros(atoms.shape[0], dtype=torch.bool, device=atoms.device)
+    atoms, bonds = batch.atoms, batch.bonds
+    size, n = atoms.shape
+    changed = torch.zeros(size, dtype=torch.bool, device=atoms.device)
     if AROMATIC_ORDER not in model.config.bond_orders:
         return atoms, changed
-    partners = partners.to(atoms.device)
-    aromatic_bond = model.config.bond_orders.index(AROMATIC_ORDER)
-    candidates = ((bonds == aromatic_bond) & pair_mask_of(mask)).any(-1) & mask & (partners[atoms] >= 0)
-    draw = torch.rand(atoms.shape[0], generator=generator, device=atoms.device)
-    changed = candidates.any(1) & (draw < share)
-    # One candidate atom per molecule, uniformly: the largest of random keys over the candidates.
-    keys = torch.rand(atoms.shape, generator=generator, device=atoms.device).masked_fill(~candidates, -1.0)
-    chosen = F.one_hot(keys.argmax(1), atoms.shape[1]).bool() & changed[:, None]
-    toggled = torch.where(chosen, partners[atoms].clamp(min=0), atoms)
-    # A swap that keeps the need for a double bond (a charged N with two aromatic bonds) leaves the
-    # ring intact: such molecules stay as they were.
-    # Only the matching test: the per-atom Kekulé features would cost N determinants more per molecule.
-    x_atoms, x_bonds = GraphBatch(toggled, bonds, mask).one_hot(model.config.num_atom_types, model.config.num_bond_types)
-    aromatic, _, needs_double = aromatic_system(x_atoms, x_bonds, model.valences, model.bond_orders)
-    changed = changed & ~has_perfect_matching(aromatic, needs_double, model.matching_weights)
-    return torch.where(changed[:, None], toggled, atoms), changed
+    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
+    aromatic, in_system, needs_double = aromatic_system(x_atoms, x_bonds, model.valences, model.bond_orders)
+    # Bond orders each atom uses with its aromatic bonds single: a new type's valence must cover them.
+    used = torch.where(aromatic, 1.0, model.bond_orders[bonds]).sum(-1)  # (B, N); padding pairs are order 0
+    free = model.valences[None, None, :] - used[..., None]  # (B, N, A): free valence as each type
+    allowed = swaps.to(atoms.device)[atoms] & in_system[..., None] & (free >= 0) & ((free >= 1) != needs_double[..., None])
+    draw = torch.rand(size, generator=generator, device=atoms.device)
+    rows = (allowed.flatten(1).any(1) & (draw < share)).nonzero().squeeze(1)
+    eye = torch.eye(n, dtype=torch.bool, device=atoms.device)
+    breaks = ~has_perfect_matching(
+        aromatic[rows, None].expand(-1, n, n, n).reshape(-1, n, n), (needs_double[rows, None, :] ^ eye).reshape(-1, n),
+        model.matching_weights,
+    ).view(-1, n)
+    options = allowed[rows] & breaks[..., None]  # (R, N, A)
+    # One option per molecule, uniformly: the largest of random keys over the options.
+    keys = torch.rand(options.shape, generator=generator, device=atoms.device).masked_fill(~options, -1.0)
+    pick = keys.flatten(1).argmax(1)
+    found = options.flatten(1).any(1)
+    rows, pick = rows[found], pick[found]
+    swapped = atoms.clone()
+    swapped[rows, pick // swaps.shape[1]] = pick % swaps.shape[1]
+    changed[rows] = True
+    return swapped, changed
 
 
 @torch.no_grad()
 def bond_corrupted(
-    model: DiScoFormer, batch: GraphBatch, share: float, generator: torch.Generator | None,
-    exclude: torch.Tensor | None = None,
+    model: DiScoFormer, batch: GraphBatch, share: float, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bond types (B, N, N) with, in about ``share`` of the molecules (``exclude``: rows left alone),
-    one bond changed so that the graph is no molecule: either a bond added or raised one order (none
-    to single, single to double, double to triple) past an atom's valence, or a bridge removed so
-    that the graph falls apart, the two kinds equally often where a molecule allows both; and which
-    molecules were changed (B,) bool.
+    """Bond types (B, N, N) with, in about ``share`` of the molecules, one bond changed so that the
+    graph is no molecule: either a bond added or raised one order (none to single, single to double,
+    double to triple) past an atom's valence, or a bridge removed so that the graph falls apart, the
+    two kinds equally often where a molecule allows both; and which molecules were changed (B,) bool.
 
     Those are the raw samples' other failures. Of 1,000 samples of the run-7 model, 28 exceeded a
     valence (19 mended by removing one single bond, 14 by lowering a double bond; some either way)
     and 32 were disconnected, 31 of them mended by one added bond, mostly between two fragments of
-    several atoms (4 + 5, 3 + 6). As in :func:`hydrogen_toggled`, the copy is never a real molecule,
+    several atoms (4 + 5, 3 + 6). As in :func:`ring_atom_swapped`, the copy is never a real molecule,
     so asking for the real one from near it is never ambiguous.
     """
     atoms, bonds, mask = batch.atoms, batch.bonds, batch.mask
@@ -242,8 +257,6 @@ def bond_corrupted(
     candidates = torch.where(use_bridge[:, None, None], bridge_pairs, valence_pairs)
     draw = torch.rand(size, generator=generator, device=device)
     changed = candidates.flatten(1).any(1) & (draw < share)
-    if exclude is not None:
-        changed = changed & ~exclude
     keys = torch.rand(candidates.shape, generator=generator, device=device).masked_fill(~candidates, -1.0)
     chosen = F.one_hot(keys.flatten(1).argmax(1), n * n).view(size, n, n).bool() & changed[:, None, None]
     chosen = chosen | chosen.transpose(1, 2)

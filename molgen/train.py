@@ -160,7 +160,7 @@ class Trainer:
         )
         self.noise = NoiseProcess.from_dict(config.noise)
         self.weights = LossWeights(**config.loss)
-        self.hydrogen_partners = torch.from_numpy(data.vocab.hydrogen_partners()).to(self.device)
+        self.repair_swaps = torch.from_numpy(data.vocab.repair_swaps(self.weights.repair_atoms)).to(self.device)
         self.size_distributions = data.size_distributions()
         # -log p(n) of each molecule's own distribution; the null token uses the pooled p(n).
         self.size_log_probs = torch.log(torch.tensor(self.size_distributions, dtype=torch.float32) + 1e-12).to(self.device)
@@ -277,7 +277,7 @@ class Trainer:
         self.model.train()
         losses = training_losses(
             self.model, batch, dist, self.noise, self.size_log_probs[dist], self.weights, self.generator,
-            self.hydrogen_partners,
+            self.repair_swaps,
         )
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()

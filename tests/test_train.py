@@ -13,7 +13,7 @@ from molgen.cli import app
 from molgen.data import prepare_dataset
 from molgen.decode import decode_raw
 from molgen.likelihood import elbo
-from molgen.losses import LossWeights, bond_corrupted, consistency_loss, hydrogen_toggled, training_losses
+from molgen.losses import LossWeights, bond_corrupted, consistency_loss, ring_atom_swapped, training_losses
 from molgen.model import DiScoConfig, DiScoFormer, posterior_probs
 from molgen.noise import NoiseProcess, q_sample, symmetric_noise
 from molgen.tokenizer import Vocabulary, collate, encode, molecular_graph
@@ -195,18 +195,18 @@ def test_training_losses_report_every_term(tmp_path):
     assert all(p.grad is not None for p in trainer.model.density_head.parameters())
 
 
-def test_hydrogen_toggled_breaks_one_ring_hydrogen_of_each_molecule_that_has_one():
+def test_ring_atom_swapped_moves_one_ring_hydrogen_of_each_molecule_that_has_one():
     smiles = ["c1cc[nH]c1", "c1ccncc1", "c1c[nH]cn1", "c1ccccc1", "c1ccoc1", "CCO", "CN"]
     graphs = [molecular_graph(parse_smiles(s), aromatic_bonds=True) for s in smiles]
     vocab = Vocabulary.from_graphs(graphs, max_atoms=9, aromatic_bonds=True)
-    partners = vocab.hydrogen_partners()
-    n, nh = vocab.index(("N", 0, 0)), vocab.index(("N", 0, 1))
-    assert partners[n] == nh and partners[nh] == n and partners[vocab.index(("C", 0, 0))] == -1
+    swaps = vocab.repair_swaps("hydrogen")
+    n, nh, c = vocab.index(("N", 0, 0)), vocab.index(("N", 0, 1)), vocab.index(("C", 0, 0))
+    assert swaps[n].nonzero()[0].tolist() == [nh] and swaps[nh].nonzero()[0].tolist() == [n] and not swaps[c].any()
     batch = collate([encode(parse_smiles(s), vocab) for s in smiles], 9)
     model = DiScoFormer(DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences),
                                     bond_orders=vocab.bond_orders, d_model=16, n_layers=1, n_heads=2, d_pair=4, d_ff=32))
     for seed in range(5):  # any of imidazole's two nitrogens
-        toggled, changed = hydrogen_toggled(model, batch, torch.from_numpy(partners), 1.0, torch.Generator().manual_seed(seed))
+        toggled, changed = ring_atom_swapped(model, batch, torch.from_numpy(swaps), 1.0, torch.Generator().manual_seed(seed))
         # Only the molecules with a nitrogen on an aromatic bond: the amine's has a partner but no such bond.
         assert changed.tolist() == [True, True, True, False, False, False, False]
         differs = toggled != batch.atoms
@@ -217,26 +217,52 @@ def test_hydrogen_toggled_breaks_one_ring_hydrogen_of_each_molecule_that_has_one
         for i in range(3):  # RDKit cannot kekulize any of the toggled rings
             size = int(batch.mask[i].sum())
             assert decode_raw(x_atoms[i, :size].numpy(), x_bonds[i, :size, :size].numpy(), vocab).failure == "kekulize"
-    _, changed = hydrogen_toggled(model, batch, torch.from_numpy(partners), 0.0, torch.Generator().manual_seed(0))
+    _, changed = ring_atom_swapped(model, batch, torch.from_numpy(swaps), 0.0, torch.Generator().manual_seed(0))
     assert not changed.any()
 
     # In the loss the toggled states only feed the model: the targets stay the real molecules.
     dist = torch.zeros(len(smiles), dtype=torch.long)
     size_log_probs = torch.full((len(smiles), 10), -2.3)
-    partners = torch.from_numpy(partners)
 
     def losses(**weights):
         return training_losses(model, batch, dist, NoiseProcess(), size_log_probs,
                                LossWeights(nll_molecules=2, nll_samples=2, **weights), torch.Generator().manual_seed(0),
-                               partners)
+                               torch.from_numpy(swaps))
 
-    with pytest.raises(ValueError, match="hydrogen_partners"):
+    with pytest.raises(ValueError, match="repair_swaps"):
         training_losses(model, batch, dist, NoiseProcess(), size_log_probs,
                         LossWeights(repair_share=1.0), torch.Generator().manual_seed(0))
     for rate in (0.0, 1.0):  # with and without the self-conditioning pass
         repaired = losses(repair_share=1.0, self_conditioning_rate=rate)
         assert all(torch.isfinite(v) for v in repaired.values())
         assert repaired["score"] != losses(self_conditioning_rate=rate)["score"]
+
+
+def test_ring_atom_swapped_with_any_atom_breaks_every_aromatic_ring_within_valences():
+    # Benzene, toluene (its substituted carbon has no valence to spare for o or [nH]), furan, pyridine
+    # and pyrrole can all lose their Kekulé structure to one swap; the chains cannot.
+    smiles = ["c1ccccc1", "Cc1ccccc1", "c1ccoc1", "c1ccncc1", "c1cc[nH]c1", "CCO", "C#N", "CC(F)=O"]
+    graphs = [molecular_graph(parse_smiles(s), aromatic_bonds=True) for s in smiles]
+    vocab = Vocabulary.from_graphs(graphs, max_atoms=9, aromatic_bonds=True)
+    swaps = vocab.repair_swaps("any")
+    assert not swaps.diagonal().any() and swaps.sum() == vocab.num_atom_types * (vocab.num_atom_types - 1)
+    with pytest.raises(ValueError, match="unknown repair swap"):
+        vocab.repair_swaps("all")
+    batch = collate([encode(parse_smiles(s), vocab) for s in smiles], 9)
+    model = DiScoFormer(DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences),
+                                    bond_orders=vocab.bond_orders, d_model=16, n_layers=1, n_heads=2, d_pair=4, d_ff=32))
+    _, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
+    seen = set()
+    for seed in range(20):
+        swapped, changed = ring_atom_swapped(model, batch, torch.from_numpy(swaps), 1.0, torch.Generator().manual_seed(seed))
+        assert changed.tolist() == [True] * 5 + [False] * 3
+        assert (swapped != batch.atoms).sum(1).tolist() == [1] * 5 + [0] * 3
+        x_atoms = torch.nn.functional.one_hot(swapped, vocab.num_atom_types).float()
+        for i in range(5):  # every copy fails on its ring, none on a valence
+            size = int(batch.mask[i].sum())
+            assert decode_raw(x_atoms[i, :size].numpy(), x_bonds[i, :size, :size].numpy(), vocab).failure == "kekulize"
+            seen.add((i, vocab.labels[int(swapped[i][swapped[i] != batch.atoms[i]])]))
+    assert len({label for i, label in seen if i == 0}) > 1  # benzene's carbon becomes o, n or [nH], at random
 
 
 @pytest.mark.parametrize("aromatic_bonds", [False, True])
@@ -271,9 +297,6 @@ def test_bond_corrupted_breaks_a_valence_or_a_bridge_of_each_molecule_that_allow
             assert failure == ("disconnected" if removed else "valence"), (smiles[i], failure)
             kinds.add((smiles[i], failure))
     assert ("CCO", "valence") not in kinds and ("CC(C)(C)C", "valence") in kinds and ("CC(C)(C)C", "disconnected") in kinds
-    exclude = torch.tensor(allowed)
-    _, changed = bond_corrupted(model, batch, 1.0, torch.Generator().manual_seed(0), exclude=exclude)
-    assert not changed.any()
     _, changed = bond_corrupted(model, batch, 0.0, torch.Generator().manual_seed(0))
     assert not changed.any()
 
@@ -284,10 +307,10 @@ def test_bond_corrupted_breaks_a_valence_or_a_bridge_of_each_molecule_that_allow
     def losses(**weights):
         return training_losses(model, batch, dist, NoiseProcess(), size_log_probs,
                                LossWeights(nll_molecules=2, nll_samples=2, **weights), torch.Generator().manual_seed(0),
-                               torch.from_numpy(vocab.hydrogen_partners()))
+                               torch.from_numpy(vocab.repair_swaps("any")))
 
     for rate in (0.0, 1.0):
-        repaired = losses(bond_repair_share=1.0, repair_share=1.0, self_conditioning_rate=rate)
+        repaired = losses(bond_repair_share=1.0, repair_share=1.0, repair_atoms="any", self_conditioning_rate=rate)
         assert all(torch.isfinite(v) for v in repaired.values())
         assert repaired["score"] != losses(self_conditioning_rate=rate)["score"]
 
