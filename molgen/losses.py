@@ -200,7 +200,8 @@ def ring_atom_swapped(
     # Bond orders each atom uses with its aromatic bonds single: a new type's valence must cover them.
     used = torch.where(aromatic, 1.0, model.bond_orders[bonds]).sum(-1)  # (B, N); padding pairs are order 0
     free = model.valences[None, None, :] - used[..., None]  # (B, N, A): free valence as each type
-    allowed = swaps.to(atoms.device)[atoms] & in_system[..., None] & (free >= 0) & ((free >= 1) != needs_double[..., None])
+    flips_need = (free >= 1) != needs_double[..., None]
+    allowed = swaps.to(atoms.device)[atoms] & in_system[..., None] & (free >= 0) & flips_need
     draw = torch.rand(size, generator=generator, device=atoms.device)
     rows = (allowed.flatten(1).any(1) & (draw < share)).nonzero().squeeze(1)
     eye = torch.eye(n, dtype=torch.bool, device=atoms.device)

@@ -347,8 +347,8 @@ class DiScoFormer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The backbone: final token states (B, 2 + N, d), normalised, and pair features (B, N, N, dp)
         for the inputs of :meth:`forward`. Only the bond head reads the last block's pair update:
-        ``final_pairs=False`` skips it and returns no pairs, for the density head, which reads the
-        token states alone (a fifth less work when scoring)."""
+        ``final_pairs=False`` skips it and returns no pairs, so that scoring, which needs the token
+        states alone, does not pay for it."""
         batch, n, _ = z_atoms.shape
         pair_mask = pair_mask_of(mask)[..., None].to(z_atoms.dtype)
         atom_mask = mask[..., None].to(z_atoms.dtype)

@@ -324,14 +324,14 @@ def test_train_cli_repair_share_trains_and_resumes_with_it(tmp_path):
     out = tmp_path / "run"
     args = ["train", str(source), "-o", str(out), "--epochs", "1", "--batch-size", "64", "--d-model", "16",
             "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "8", "--aromatic-bonds",
-            "--repair-share", "0.5", "--bond-repair-share", "0.25"]
+            "--repair-share", "0.5", "--repair-atoms", "any", "--bond-repair-share", "0.25"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     loss = read_checkpoint(out / "checkpoint.pt")["meta"]["train_config"]["loss"]
-    assert loss["repair_share"] == 0.5 and loss["bond_repair_share"] == 0.25
+    assert loss["repair_share"] == 0.5 and loss["repair_atoms"] == "any" and loss["bond_repair_share"] == 0.25
     result = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--epochs", "2"])
     assert result.exit_code == 0, result.output
-    assert "--repair-share 0.5, --bond-repair-share 0.25" in " ".join(result.output.split())
+    assert "--repair-share 0.5, --repair-atoms any, --bond-repair-share 0.25" in " ".join(result.output.split())
 
 
 def test_train_cli_end_to_end(tmp_path):
@@ -363,7 +363,10 @@ def test_train_cli_end_to_end(tmp_path):
     bad = CliRunner().invoke(app, ["train", str(few), "-o", str(out)])
     assert bad.exit_code == 2 and "few: 3 training and 0 held-out molecules; training needs both" in bad.output
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--repair-share", "0.5"])
-    assert bad.exit_code == 2 and "--repair-share moves hydrogens on aromatic bonds: add --aromatic-bonds" in bad.output
+    assert bad.exit_code == 2 and "--repair-share swaps atoms on aromatic bonds: add --aromatic-bonds" in bad.output
+    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--aromatic-bonds", "--repair-share", "0.5",
+                                   "--repair-atoms", "all"])
+    assert bad.exit_code == 2 and "--repair-atoms 'all': one of hydrogen, any" in bad.output
 
     # --resume takes the options the run was trained with unless they are given again.
     result = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--epochs", "3"])
