@@ -36,7 +36,7 @@ from molgen.model import (
     DiScoFormer,
     ModelOutput,
     aromatic_system,
-    has_perfect_matching,
+    matching_with_each_need_flipped,
     posterior_probs,
     reachable,
 )
@@ -191,7 +191,7 @@ def ring_atom_swapped(
     per atom and molecule decides for all types.
     """
     atoms, bonds = batch.atoms, batch.bonds
-    size, n = atoms.shape
+    size = atoms.shape[0]
     changed = torch.zeros(size, dtype=torch.bool, device=atoms.device)
     if AROMATIC_ORDER not in model.config.bond_orders:
         return atoms, changed
@@ -204,11 +204,7 @@ def ring_atom_swapped(
     allowed = swaps.to(atoms.device)[atoms] & in_system[..., None] & (free >= 0) & flips_need
     draw = torch.rand(size, generator=generator, device=atoms.device)
     rows = (allowed.flatten(1).any(1) & (draw < share)).nonzero().squeeze(1)
-    eye = torch.eye(n, dtype=torch.bool, device=atoms.device)
-    breaks = ~has_perfect_matching(
-        aromatic[rows, None].expand(-1, n, n, n).reshape(-1, n, n), (needs_double[rows, None, :] ^ eye).reshape(-1, n),
-        model.matching_weights,
-    ).view(-1, n)
+    breaks = ~matching_with_each_need_flipped(aromatic[rows], needs_double[rows], model.matching_weights)
     options = allowed[rows] & breaks[..., None]  # (R, N, A)
     # One option per molecule, uniformly: the largest of random keys over the options.
     keys = torch.rand(options.shape, generator=generator, device=atoms.device).masked_fill(~options, -1.0)

@@ -133,6 +133,19 @@ def has_perfect_matching(edges: torch.Tensor, nodes: torch.Tensor, weights: torc
     return torch.linalg.det(tutte).abs() > 1e-9
 
 
+def matching_with_each_need_flipped(
+    aromatic: torch.Tensor, needs_double: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """(M, N) bool: for each atom, whether the aromatic bonds (M, N, N) hold a perfect matching of the
+    atoms that need a double bond (M, N) once that atom's need is flipped (n <-> [nH], c <-> o, ...).
+    Costs N determinants per molecule."""
+    n = aromatic.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=aromatic.device)
+    return has_perfect_matching(
+        aromatic[:, None].expand(-1, n, n, n).reshape(-1, n, n), (needs_double[:, None, :] ^ eye).reshape(-1, n), weights,
+    ).view(-1, n)
+
+
 def aromatic_system(
     atom_probs: torch.Tensor, bond_probs: torch.Tensor, valences: torch.Tensor, bond_orders: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -166,18 +179,13 @@ def kekule_features(
     decoding failures (about 8% of samples), half of them fixable by one hydrogen moved between ring
     nitrogens; a few attention layers read such a property poorly.
     """
-    n = atom_probs.shape[1]
-    eye = torch.eye(n, dtype=torch.bool, device=atom_probs.device)
     aromatic, in_system, needs_double = aromatic_system(atom_probs, bond_probs, valences, bond_orders)
     broken = in_system & ~has_perfect_matching(aromatic, needs_double, matching_weights)[:, None]
     # The per-atom checks below cost N determinants or N reachability closures per molecule: they
     # run only on the molecules they can flag (the broken ones; those with aromatic bonds).
     toggle_fixes, off_cycle = torch.zeros_like(broken), torch.zeros_like(in_system)
     rows = broken.any(1).nonzero().squeeze(1)
-    toggle_fixes[rows] = has_perfect_matching(
-        aromatic[rows, None].expand(-1, n, n, n).reshape(-1, n, n), (needs_double[rows, None, :] ^ eye).reshape(-1, n),
-        matching_weights,
-    ).view(-1, n)
+    toggle_fixes[rows] = matching_with_each_need_flipped(aromatic[rows], needs_double[rows], matching_weights)
     rows = in_system.any(1).nonzero().squeeze(1)
     off_cycle[rows] = in_system[rows] & ~on_aromatic_cycle(aromatic[rows])
     return torch.stack([needs_double, broken, broken & toggle_fixes, off_cycle], dim=-1).float()

@@ -64,32 +64,36 @@ def test_heads_have_the_right_shapes_are_finite_and_symmetric(setup):
     assert torch.allclose(again.density, output.density, atol=1e-4)
 
 
-def test_log_density_skips_the_last_pair_update_without_changing_the_density(setup):
-    vocab, batch, model = setup
+def clean_inputs(batch, vocab):
+    """Model inputs of the clean molecules at t = 0 under distribution 0 (x_atoms, x_bonds, mask,
+    atom and bond log-SNRs, dist), and the noise process."""
     x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
     noise = NoiseProcess()
     t = torch.zeros(batch.mask.shape[0])
     dist = torch.zeros_like(t, dtype=torch.long)
+    return (x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist), noise
+
+
+def test_log_density_skips_the_last_pair_update_without_changing_the_density(setup):
+    vocab, batch, model = setup
+    inputs, noise = clean_inputs(batch, vocab)
+    itself = inputs[:2]  # self-conditioned on the clean molecule, as scoring does
     with torch.no_grad():
-        full = model(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist, (x_atoms, x_bonds))
-        states, pairs = model.token_states(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t),
-                                           dist, (x_atoms, x_bonds), final_pairs=False)
+        full = model(*inputs, itself)
+        states, pairs = model.token_states(*inputs, itself, final_pairs=False)
         assert pairs is None
         torch.testing.assert_close(states, full.final_states)
-        torch.testing.assert_close(log_density(model, batch, dist, noise), full.density)
+        torch.testing.assert_close(log_density(model, batch, inputs[-1], noise), full.density)
 
 
 def test_density_atom_terms_start_at_zero_and_sum_over_real_atoms_only(setup):
     from molgen.distill import with_atom_terms
 
     vocab, batch, model = setup
-    x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
-    noise = NoiseProcess()
-    t = torch.zeros(batch.mask.shape[0])
-    dist = torch.zeros_like(t, dtype=torch.long)
+    inputs, _ = clean_inputs(batch, vocab)
 
     def density(of):
-        return of(x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist).density
+        return of(*inputs).density
 
     upgraded = with_atom_terms(model).eval()
     assert upgraded.config.density_atom_terms and not model.config.density_atom_terms
