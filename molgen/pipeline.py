@@ -82,8 +82,9 @@ def sample_molecules(
         done += count
         if on_progress:
             on_progress(done)
+    # Unadjusted corrector moves count as accepted; a rate is only news when MALA tested them.
     stats = {"corrector_moves": moves, "corrector_accepted": accepted,
-             "acceptance_rate": accepted / moves if moves else None}
+             "acceptance_rate": accepted / moves if moves and options.sampler.mala else None}
     return pd.DataFrame(rows), stats
 
 

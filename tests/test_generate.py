@@ -48,10 +48,13 @@ def test_same_seed_same_molecules(tiny_checkpoint):
     assert a["smiles"].tolist() != cooled["smiles"].tolist()  # the temperature reaches the sampler
 
 
-def test_mala_acceptance_rate_is_reported(tiny_checkpoint):
+def test_mala_acceptance_rate_is_reported_only_for_mala(tiny_checkpoint):
     model = molgen.load(tiny_checkpoint)
     model.generate(30, seed=0, steps=8, corrector_steps=1, mala=True)
     assert 0.0 < model.last_stats["acceptance_rate"] < 1.0
+    model.generate(30, seed=0, steps=8, corrector_steps=1)  # unadjusted moves: no Metropolis test, no rate
+    assert model.last_stats["acceptance_rate"] is None
+    assert model.last_stats["corrector_moves"] == 30 * 8
 
 
 def test_density_percentile_interpolates_calibration():
