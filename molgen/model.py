@@ -248,22 +248,24 @@ class Block(nn.Module):
             nn.Linear(config.d_pair, 2 * config.d_pair), nn.GELU(), nn.Linear(2 * config.d_pair, config.d_pair)
         )
 
-    def forward(self, h, pairs, key_mask, pair_mask, time, update_pairs: bool = True):
-        """h (B, T, d) with T = 2 + N; pairs (B, N, N, dp); key_mask (B, T); pair_mask (B, N, N, 1).
-        Without ``update_pairs`` the pairs come back as they came in."""
+    def forward(self, h, pairs, key_mask, layout: "PairLayout", time, update_pairs: bool = True):
+        """h (B, T, d) with T = 2 + N; pairs (B, P, dp), one row per atom pair i < j (see
+        :class:`PairLayout`); key_mask (B, T). Without ``update_pairs`` the pairs come back as they
+        came in."""
         batch, tokens, d = h.shape
         shift1, scale1, shift2, scale2 = self.modulation(time)[:, None, :].chunk(4, dim=-1)
 
         x = self.norm1(h) * (1 + scale1) + shift1
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        bias = torch.zeros(batch, self.heads, tokens, tokens, dtype=h.dtype, device=h.device)
-        bias[:, :, 2:, 2:] = self.pair_bias(pairs).permute(0, 3, 1, 2)
+        # Pairs that are not stored (the diagonal, padding) have zero features: their bias is the
+        # layer's constant term, as it would be for a zero row.
+        pair_bias = torch.cat([self.pair_bias(pairs), self.pair_bias.bias.expand(batch, 1, -1)], dim=1)
+        bias = F.pad(pair_bias[:, layout.square].permute(0, 3, 1, 2), (2, 0, 2, 0))
         bias = bias.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         h = h + self.out(attended.transpose(1, 2).reshape(batch, tokens, d))
         # Atoms also read their bonds directly: the mean of their pair features.
-        degree = pair_mask.sum(dim=2).clamp(min=1.0)
-        h = h + F.pad(self.pair_to_atom((pairs * pair_mask).sum(dim=2) / degree), (0, 0, 2, 0))
+        h = h + F.pad(self.pair_to_atom(layout.incidence @ pairs / layout.degree), (0, 0, 2, 0))
 
         x = self.norm2(h) * (1 + scale2) + shift2
         h = h + self.ff(x)
@@ -272,10 +274,38 @@ class Block(nn.Module):
 
         atoms = h[:, 2:]
         left, right = self.pair_left(atoms), self.pair_right(atoms)
-        outer = left[:, :, None] * right[:, None, :]
-        pairs = pairs + 0.5 * (outer + outer.transpose(1, 2))
+        i, j = layout.upper
+        pairs = pairs + 0.5 * (left[:, i] * right[:, j] + left[:, j] * right[:, i])
         pairs = pairs + self.pair_ff(self.pair_norm(pairs))
-        return h, pairs * pair_mask
+        return h, pairs * layout.mask
+
+
+class PairLayout:
+    """Pair features are symmetric and zero on the diagonal, so the backbone keeps one row per pair
+    i < j: (B, P, dp) with P = N(N - 1)/2 instead of (B, N, N, dp), less than half of the work of
+    every per-pair layer. This holds the indices between the two layouts for one batch's mask."""
+
+    def __init__(self, mask: torch.Tensor, dtype: torch.dtype):
+        n = mask.shape[1]
+        self.upper = torch.triu_indices(n, n, offset=1, device=mask.device)  # (2, P)
+        i, j = self.upper
+        pairs = i.numel()
+        # square[a, b]: the row of pair {a, b}, or P (a zero row) on the diagonal.
+        self.square = torch.full((n, n), pairs, dtype=torch.long, device=mask.device)
+        self.square[i, j] = self.square[j, i] = torch.arange(pairs, device=mask.device)
+        # incidence[a, p] = 1 when atom a is one end of pair p: incidence @ pairs sums an atom's pairs.
+        self.incidence = torch.zeros(n, pairs, dtype=dtype, device=mask.device)
+        self.incidence[i, torch.arange(pairs)] = self.incidence[j, torch.arange(pairs)] = 1.0
+        self.mask = (mask[:, i] & mask[:, j])[..., None].to(dtype)  # (B, P, 1)
+        self.degree = (self.incidence @ self.mask).clamp(min=1.0)  # (B, N, 1) real neighbours
+
+    def pack(self, square: torch.Tensor) -> torch.Tensor:
+        """(B, N, N, C) symmetric -> (B, P, C)."""
+        return square[:, self.upper[0], self.upper[1]]
+
+    def unpack(self, pairs: torch.Tensor) -> torch.Tensor:
+        """(B, P, C) -> (B, N, N, C), symmetric, zero on the diagonal."""
+        return torch.cat([pairs, pairs.new_zeros(pairs.shape[0], 1, pairs.shape[2])], dim=1)[:, self.square]
 
 
 class DiScoFormer(nn.Module):
@@ -375,7 +405,8 @@ class DiScoFormer(nn.Module):
                 )
             bond_inputs.append(prev_bonds)
         atoms = self.atom_in(torch.cat(atom_inputs, dim=-1)) + self.position[:n]
-        pairs = self.bond_in(torch.cat(bond_inputs, dim=-1)) * pair_mask
+        layout = PairLayout(mask, z_atoms.dtype)
+        pairs = self.bond_in(layout.pack(torch.cat(bond_inputs, dim=-1))) * layout.mask
 
         time = self.time(logsnr_atoms, logsnr_bonds)
         special = torch.stack([self.dist(dist), self.cls.expand(batch, -1)], dim=1)
@@ -383,8 +414,8 @@ class DiScoFormer(nn.Module):
         key_mask = torch.cat([torch.ones(batch, 2, dtype=torch.bool, device=mask.device), mask], dim=1)
         last = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
-            h, pairs = block(h, pairs, key_mask, pair_mask, time, update_pairs=final_pairs or index < last)
-        return self.final_norm(h), pairs if final_pairs else None
+            h, pairs = block(h, pairs, key_mask, layout, time, update_pairs=final_pairs or index < last)
+        return self.final_norm(h), layout.unpack(pairs) if final_pairs else None
 
     def density_of(self, final_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The density head on final token states (B, 2 + N, d) with the atom mask (B, N): D in nats."""

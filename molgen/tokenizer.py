@@ -208,24 +208,27 @@ def molecular_graph(mol: Chem.Mol, aromatic_bonds: bool = False) -> MolecularGra
     """
     mol = Chem.RemoveHs(mol, sanitize=False) if any(atom.GetAtomicNum() == 1 for atom in atoms_of(mol)) else mol
     ranks = list(Chem.CanonicalRankAtoms(mol, breakTies=True))
-    order = sorted(range(mol.GetNumAtoms()), key=ranks.__getitem__)
-    canonical = Chem.RenumberAtoms(mol, order)
     bond_types = AROMATIC_BONDS if aromatic_bonds else KEKULE_BONDS
     if not aromatic_bonds:
-        Chem.Kekulize(canonical, clearAromaticFlags=True)
+        mol = Chem.RenumberAtoms(mol, sorted(range(mol.GetNumAtoms()), key=ranks.__getitem__))
+        Chem.Kekulize(mol, clearAromaticFlags=True)
+        ranks = list(range(mol.GetNumAtoms()))
+    # Otherwise atom a goes to position ranks[a] without renumbering a copy (scoring pays for it).
     bond_ids = {RDKIT_BOND_TYPES[name]: i for i, name in enumerate(bond_types) if name != "none"}
-    n = canonical.GetNumAtoms()
+    n = mol.GetNumAtoms()
     bonds = np.zeros((n, n), dtype=np.int8)
-    for bond in bonds_of(canonical):
-        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+    for bond in bonds_of(mol):
+        i, j = ranks[bond.GetBeginAtomIdx()], ranks[bond.GetEndAtomIdx()]
         bond_id = bond_ids.get(bond.GetBondType())
         if bond_id is None:
             raise OutOfDomain(f"bond type {bond.GetBondType()} is not one of {', '.join(bond_types[1:])}")
         bonds[i, j] = bonds[j, i] = bond_id
-    atoms = atoms_of(canonical)
-    keys = tuple(atom_key(atom, aromatic_bonds) for atom in atoms)
+    atoms = atoms_of(mol)
+    keys: list[AtomKey] = [None] * n  # type: ignore[list-item]
+    for index, atom in enumerate(atoms):
+        keys[ranks[index]] = atom_key(atom, aromatic_bonds)
     radicals = sum(atom.GetNumRadicalElectrons() for atom in atoms)
-    return MolecularGraph(keys, bonds, radicals)
+    return MolecularGraph(tuple(keys), bonds, radicals)
 
 
 # Indexed access: iterating RDKit's GetAtoms()/GetBonds() sequence wrappers costs twice as much per
@@ -275,20 +278,18 @@ def mol_domain_problem(mol: Chem.Mol, vocab: Vocabulary) -> str | None:
     return problem
 
 
-def tokens_from_graph(graph: MolecularGraph, vocab: Vocabulary) -> GraphTokens:
-    problem = domain_problem(graph, vocab)
-    if problem is not None:
-        raise OutOfDomain(problem)
-    atoms = np.array([vocab.index(key) for key in graph.atom_keys], dtype=np.int8)
-    return GraphTokens(atoms, graph.bonds)
-
-
 def encode(mol: Chem.Mol, vocab: Vocabulary) -> GraphTokens:
     """Tokens of a sanitized molecule; raises :class:`OutOfDomain` with the reason otherwise."""
     problem = mol_domain_problem(mol, vocab)
     if problem is not None:
         raise OutOfDomain(problem)
-    return tokens_from_graph(molecular_graph(mol, vocab.aromatic_bonds), vocab)
+    # The molecule passed the checks of domain_problem, and its graph has the same fragments: only
+    # hydrogens that RemoveHs keeps (isotopes, bridging) can still be out of the vocabulary.
+    graph = molecular_graph(mol, vocab.aromatic_bonds)
+    ids = [vocab.index(key) for key in graph.atom_keys]
+    if None in ids:
+        raise OutOfDomain(_atom_problem(graph.atom_keys, graph.radical_electrons, vocab))
+    return GraphTokens(np.array(ids, dtype=np.int8), graph.bonds)
 
 
 def _component_count(bonds: np.ndarray) -> int:

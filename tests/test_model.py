@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from molgen.model import (
     RING_WALK_LENGTHS,
     DiScoConfig,
     DiScoFormer,
+    PairLayout,
     denoise,
     kekule_features,
     ring_features,
@@ -84,6 +86,50 @@ def test_log_density_skips_the_last_pair_update_without_changing_the_density(set
         assert pairs is None
         torch.testing.assert_close(states, full.final_states)
         torch.testing.assert_close(log_density(model, batch, inputs[-1], noise), full.density)
+
+
+def dense_block(block, h, pairs, key_mask, pair_mask, time):
+    """A block written over the full (B, N, N, dp) pair square, as the packed one stands for."""
+    batch, tokens, d = h.shape
+    shift1, scale1, shift2, scale2 = block.modulation(time)[:, None, :].chunk(4, dim=-1)
+    x = block.norm1(h) * (1 + scale1) + shift1
+    q, k, v = block.qkv(x).view(batch, tokens, 3, block.heads, d // block.heads).permute(2, 0, 3, 1, 4)
+    bias = torch.zeros(batch, block.heads, tokens, tokens)
+    bias[:, :, 2:, 2:] = block.pair_bias(pairs).permute(0, 3, 1, 2)
+    bias = bias.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    h = h + block.out(attended.transpose(1, 2).reshape(batch, tokens, d))
+    mean = (pairs * pair_mask).sum(dim=2) / pair_mask.sum(dim=2).clamp(min=1.0)
+    h = h + torch.nn.functional.pad(block.pair_to_atom(mean), (0, 0, 2, 0))
+    h = h + block.ff(block.norm2(h) * (1 + scale2) + shift2)
+    left, right = block.pair_left(h[:, 2:]), block.pair_right(h[:, 2:])
+    outer = left[:, :, None] * right[:, None, :]
+    pairs = pairs + 0.5 * (outer + outer.transpose(1, 2))
+    return h, (pairs + block.pair_ff(block.pair_norm(pairs))) * pair_mask
+
+
+def test_blocks_on_packed_pairs_equal_the_dense_pair_square(setup):
+    vocab, batch, model = setup
+    model = copy.deepcopy(model)
+    layout = PairLayout(batch.mask, torch.float32)
+    pair_mask = pair_mask_of(batch.mask)[..., None].float()
+    generator = torch.Generator().manual_seed(0)
+    square = torch.randn(*pair_mask.shape[:3], model.config.d_pair, generator=generator)
+    square = (square + square.transpose(1, 2)) * pair_mask  # what the backbone holds: symmetric, masked
+    packed = layout.pack(square)
+    assert packed.shape == (batch.mask.shape[0], 9 * 8 // 2, model.config.d_pair)
+    torch.testing.assert_close(layout.unpack(packed), square, rtol=0, atol=0)
+    torch.testing.assert_close(layout.degree, pair_mask.sum(dim=2).clamp(min=1.0))  # no 0/0 for padding
+    h = torch.randn(batch.mask.shape[0], 11, model.config.d_model, generator=generator)
+    time = torch.randn(batch.mask.shape[0], model.config.d_model, generator=generator)
+    key_mask = torch.cat([torch.ones(batch.mask.shape[0], 2, dtype=torch.bool), batch.mask], dim=1)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.modulation.weight.normal_(generator=generator)  # trained blocks modulate; fresh ones do not
+            h_packed, packed = block(h, packed, key_mask, layout, time)
+            h, square = dense_block(block, h, square, key_mask, pair_mask, time)
+            torch.testing.assert_close(h_packed, h)
+            torch.testing.assert_close(layout.unpack(packed), square)
 
 
 def test_density_atom_terms_start_at_zero_and_sum_over_real_atoms_only(setup):
