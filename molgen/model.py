@@ -256,13 +256,17 @@ class Block(nn.Module):
         shift1, scale1, shift2, scale2 = self.modulation(time)[:, None, :].chunk(4, dim=-1)
 
         x = self.norm1(h) * (1 + scale1) + shift1
-        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        head = d // self.heads
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, head).permute(2, 0, 3, 1, 4).reshape(3, -1, tokens, head)
         # Pairs that are not stored (the diagonal, padding) have zero features: their bias is the
         # layer's constant term, as it would be for a zero row.
         pair_bias = torch.cat([self.pair_bias(pairs), self.pair_bias.bias.expand(batch, 1, -1)], dim=1)
-        bias = F.pad(pair_bias[:, layout.square].permute(0, 3, 1, 2), (2, 0, 2, 0))
-        bias = bias.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        bias = F.pad(pair_bias.transpose(1, 2)[:, :, layout.square], (2, 0, 2, 0))  # (B, heads, T, T)
+        bias = bias.masked_fill_(~key_mask[:, None, None, :], float("-inf")).view(-1, tokens, tokens)
+        # Plain batched products: at 11 tokens they beat the fused attention kernel (31 against 37 ms
+        # a block on 2,048 molecules), and they have a double backward on every device.
+        scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=head**-0.5)
+        attended = torch.bmm(scores.softmax(-1), v).view(batch, self.heads, tokens, head)
         h = h + self.out(attended.transpose(1, 2).reshape(batch, tokens, d))
         # Atoms also read their bonds directly: the mean of their pair features.
         h = h + F.pad(self.pair_to_atom(layout.incidence @ pairs / layout.degree), (0, 0, 2, 0))
