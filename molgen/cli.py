@@ -425,18 +425,21 @@ def distill(
         True, help="Give the head per-atom terms summed over the atoms (the ELBO is such a sum); "
         "--no-atom-terms refits the [CLS] head alone."),
     seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (the result is written for CPU)."),
     workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
 ) -> None:
     """Refit the density head onto low-variance ELBOs (backbone frozen) and recalibrate it."""
     from molgen.distill import DistillConfig, distill_checkpoint
 
+    if device.startswith("cuda") and not _cuda_available():
+        raise _fail(f"--device {device} requested but CUDA is not available", 2)
     try:
         aromatic_bonds = Vocabulary.from_dict(read_checkpoint(checkpoint)["vocab"]).aromatic_bonds
     except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error), 2) from None
     datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, huber_nats=huber_nats,
-                            atom_terms=atom_terms, seed=seed)
+                            atom_terms=atom_terms, seed=seed, device=device)
     try:
         with console.status("distilling") as status:
             report = distill_checkpoint(checkpoint, TrainingData.combine(datasets, names), config, output,
@@ -580,7 +583,8 @@ def info(
                          f"{model_config.d_pair}, {self_conditioning}; density head on "
                          f"{'[CLS] plus per-atom terms' if model_config.density_atom_terms else '[CLS]'}"),
         ("data fingerprints", ", ".join(meta.get("data_fingerprints", []))),
-        ("training", f"{meta.get('training_seconds', 0) / 60:.0f} min, {meta.get('epochs_done', 0):.1f} epochs, "
+        ("training", f"{meta.get('training_seconds', 0) / 60:.0f} min on "
+                     f"{meta.get('train_config', {}).get('device', 'cpu')}, {meta.get('epochs_done', 0):.1f} epochs, "
                      f"step {meta.get('step', 0):,}"),
         ("training set hashes", "yes (novelty)" if loaded.train_hashes is not None else "no"),
     ]

@@ -98,7 +98,8 @@ def transfer_weights(
     mapped_inputs = {"atom_in.weight": atom_segments, "bond_in.weight": bond_segments}
     mapped_outputs = {"atom_head.weight": atoms, "atom_head.bias": atoms,
                       "bond_head.3.weight": bonds, "bond_head.3.bias": bonds}
-    state = target.state_dict()
+    # Mapped on CPU, where the source was read; loading copies onto the target's device.
+    state = {name: value.cpu() for name, value in target.state_dict().items()}
     mapped = []
     for name, fresh in state.items():
         if name not in source_state:

@@ -390,6 +390,8 @@ def test_train_cli_end_to_end(tmp_path):
     assert refit.calibration["mols"] != loaded.calibration["mols"]
     assert refit.meta["distillation"]["config"]["molecules"] == 50
     assert refit.model.config.density_atom_terms and not loaded.model.config.density_atom_terms
+    bad = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--device", "cuda:7"])
+    assert bad.exit_code == 2 and "CUDA is not available" in bad.output
     # Distilled in place, the run's checkpoint has another density head: resuming says so, no traceback.
     distilled_run = tmp_path / "distilled_run"
     distilled_run.mkdir()
