@@ -307,8 +307,7 @@ def _train(
     seed, d_model, n_layers, n_heads, d_pair, self_conditioning, ring_features, kekule_features, nll_weight,
     consistency_weight, repair_share, repair_atoms, bond_repair_share, logsnr_max, logsnr_min, val_molecules, workers, aromatic_bonds, init_from,
 ) -> None:
-    if device.startswith("cuda") and not _cuda_available():
-        raise _fail(f"--device {device} requested but CUDA is not available", 2)
+    _require_device(device)
     if d_model % n_heads:
         raise _fail(f"--d-model {d_model} must be a multiple of --n-heads {n_heads}", 2)
     for name, on in (("--ring-features", ring_features), ("--kekule-features", kekule_features)):
@@ -431,8 +430,7 @@ def distill(
     """Refit the density head onto low-variance ELBOs (backbone frozen) and recalibrate it."""
     from molgen.distill import DistillConfig, distill_checkpoint
 
-    if device.startswith("cuda") and not _cuda_available():
-        raise _fail(f"--device {device} requested but CUDA is not available", 2)
+    _require_device(device)
     try:
         aromatic_bonds = Vocabulary.from_dict(read_checkpoint(checkpoint)["vocab"]).aromatic_bonds
     except (FileNotFoundError, ValueError) as error:
@@ -454,8 +452,10 @@ def distill(
     )
 
 
-def _cuda_available() -> bool:
-    return torch.cuda.is_available()
+def _require_device(device: str) -> None:
+    """Exit with a one-line message when ``--device`` names CUDA on a machine without it."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise _fail(f"--device {device} requested but CUDA is not available", 2)
 
 
 @app.command()
@@ -487,8 +487,7 @@ def generate(
     grid: Optional[Path] = typer.Option(None, help="Also draw the top 16 ranked molecules to this PNG."),
 ) -> None:
     """Sample molecules with the score, filter them by density, check them with RDKit, rank them."""
-    if device.startswith("cuda") and not _cuda_available():
-        raise _fail(f"--device {device} requested but CUDA is not available", 2)
+    _require_device(device)
     try:
         checks = CheckConfig.from_strings(rule, [alerts] if alerts else [], prop)
         writer = TableWriter(output)
@@ -710,8 +709,7 @@ def _screen(
     distribution: Optional[str], filter_spec: Optional[FilterSpec], keep_failed: bool,
 ) -> ScreenSummary:
     """Shared body of ``score`` and ``filter``: errors mapped to exit codes, a progress bar."""
-    if device.startswith("cuda") and not _cuda_available():
-        raise _fail(f"--device {device} requested but CUDA is not available", 2)
+    _require_device(device)
     try:
         scorer = Scorer(load_model(checkpoint, device=device), distribution, device, batch_size, exact)
         read_molecules(input, smiles_column, 1)  # fail on a missing file or column before any work
