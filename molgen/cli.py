@@ -423,6 +423,9 @@ def distill(
     atom_terms: bool = typer.Option(
         True, help="Give the head per-atom terms summed over the atoms (the ELBO is such a sum); "
         "--no-atom-terms refits the [CLS] head alone."),
+    batch_size: int = typer.Option(256, min=1, help="Targets per step of the head's fit."),
+    elbo_rows: int = typer.Option(
+        2048, min=1, help="Molecules x noise levels per forward call of the ELBO: more keeps a GPU busy (65536)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (the result is written for CPU)."),
     workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
@@ -437,7 +440,8 @@ def distill(
         raise _fail(str(error), 2) from None
     datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, huber_nats=huber_nats,
-                            atom_terms=atom_terms, seed=seed, device=device)
+                            atom_terms=atom_terms, batch_size=batch_size, elbo_rows=elbo_rows, seed=seed,
+                            device=device)
     try:
         with console.status("distilling") as status:
             report = distill_checkpoint(checkpoint, TrainingData.combine(datasets, names), config, output,

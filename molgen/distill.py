@@ -29,7 +29,7 @@ import torch
 from molgen.checkpoint import read_checkpoint, save_checkpoint
 from molgen.evaluation.decoys import single_edit_mutants
 from molgen.evaluation.density import spearman
-from molgen.likelihood import clean_states, elbo, importance_proposal, log_density
+from molgen.likelihood import MAX_ELBO_ROWS, clean_states, elbo, importance_proposal, log_density
 from molgen.model import DiScoConfig, DiScoFormer
 from molgen.noise import NoiseProcess
 from molgen.scoring import encode_smiles
@@ -51,6 +51,9 @@ class DistillConfig:
     batch_size: int = 256
     seed: int = 0
     device: str = "cpu"  # where the ELBOs are estimated and the head refit (the result is stored on CPU)
+    # Molecules x noise levels per forward call of the ELBO. On a GPU the per-call overhead, not the
+    # arithmetic, bounds this small model: 65,536 there instead of the CPU's 2,048.
+    elbo_rows: int = MAX_ELBO_ROWS
     # Residuals past this many nats cost linearly, not squared: some mutants' ELBOs run to hundreds of
     # nats, and least squares spends the head on that tail instead of ranking the molecules near the
     # data (on 20,000 targets: held-out Spearman 0.29 -> 0.66, AUROC vs mutants 0.82 -> 0.90). 0: squares.
@@ -66,18 +69,20 @@ BatchOf = Callable[[np.ndarray], tuple[GraphBatch, torch.Tensor]]
 @torch.no_grad()
 def clean_states_and_elbo(
     model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, rows: np.ndarray, size_log_probs: torch.Tensor,
-    samples: int, proposal: torch.Tensor | None, generator: torch.Generator, chunk: int = 500,
+    samples: int, proposal: torch.Tensor | None, generator: torch.Generator, max_rows: int = MAX_ELBO_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Final token states at the clean end (M, 2 + N, d), atom masks (M, N) and ELBO estimates (M,)
-    for ``rows``."""
+    for ``rows``, with at most ``max_rows`` molecules x levels per forward call."""
     states, masks, targets = [], [], []
     device = next(model.parameters()).device
+    chunk = max(500, max_rows // samples)
     for start in range(0, len(rows), chunk):
         batch, dist = batch_of(rows[start : start + chunk])
         batch, dist = batch.to(device), dist.to(device)
         states.append(clean_states(model, batch, dist, noise))
         masks.append(batch.mask)
-        estimate, _ = elbo(model, batch, dist, noise, size_log_probs[dist], samples, generator, proposal=proposal)
+        estimate, _ = elbo(model, batch, dist, noise, size_log_probs[dist], samples, generator, proposal=proposal,
+                           max_rows=max_rows)
         targets.append(estimate)
     return torch.cat(states), torch.cat(masks), torch.cat(targets)
 
@@ -121,12 +126,12 @@ def distillation_targets(
     proposal = importance_proposal(model, pilot, pilot_dist, noise, generator=generator)
     log("importance proposal estimated")
     states, masks, elbos = clean_states_and_elbo(model, noise, batch_of, target_rows, size_log_probs,
-                                                 config.elbo_samples, proposal, generator)
+                                                 config.elbo_samples, proposal, generator, config.elbo_rows)
     log(f"{len(target_rows):,} training targets ({config.elbo_samples} levels each)")
     check_states, check_masks, check_elbos = clean_states_and_elbo(
-        model, noise, batch_of, check_rows, size_log_probs, config.check_samples, proposal, generator)
+        model, noise, batch_of, check_rows, size_log_probs, config.check_samples, proposal, generator, config.elbo_rows)
     *_, check_repeat_elbos = clean_states_and_elbo(model, noise, batch_of, check_rows, size_log_probs,
-                                                   config.check_samples, proposal, generator)
+                                                   config.check_samples, proposal, generator, config.elbo_rows)
     return DistillationTargets(proposal, states, masks, elbos, check_states, check_masks, check_elbos,
                                check_repeat_elbos)
 

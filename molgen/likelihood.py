@@ -135,6 +135,7 @@ def elbo(
     generator: torch.Generator | None = None,
     clean_logsnr: float | None = CLEAN_LOGSNR,
     proposal: torch.Tensor | None = None,
+    max_rows: int = MAX_ELBO_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Monte-Carlo bound on -log P per molecule: (estimate (B,), standard error (B,)) in nats.
 
@@ -142,13 +143,14 @@ def elbo(
     ``num_samples`` times are stratified over the rest of [0, 1] under ``proposal`` (importance
     weights of equal-width time bins, see :func:`importance_proposal`; None: uniform), so the
     estimate is unbiased; the standard error treats the K draws as independent (conservative).
+    ``max_rows`` bounds molecules x levels per forward call: memory against per-call overhead.
     """
     t_start = start_time(noise, clean_logsnr)
     x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
     constant = constant_terms(x_atoms, x_bonds, batch.mask, noise, size_log_probs, generator, t_start)
     size = batch.mask.shape[0]
     times, density = stratified_times(size, num_samples, t_start, proposal, generator, x_atoms.device)
-    levels = max(1, min(num_samples, MAX_ELBO_ROWS // size))
+    levels = max(1, min(num_samples, max_rows // size))
     chunks = []
     for start in range(0, num_samples, levels):
         # Several noise levels in one forward call (the batch repeated): on a GPU the per-call

@@ -382,13 +382,15 @@ def test_train_cli_end_to_end(tmp_path):
 
     distilled = out / "distilled.pt"
     result = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "-o", str(distilled),
-                                      "--molecules", "50", "--elbo-samples", "2", "--epochs", "3"])
+                                      "--molecules", "50", "--elbo-samples", "2", "--epochs", "3", "--elbo-rows", "24",
+                                      "--batch-size", "16"])
     assert result.exit_code == 0, result.output
     assert "Spearman(D, ELBO)" in result.output
     refit = load_model(distilled)
     assert refit.elbo_proposal is not None and len(refit.elbo_proposal) == 32
     assert refit.calibration["mols"] != loaded.calibration["mols"]
     assert refit.meta["distillation"]["config"]["molecules"] == 50
+    assert refit.meta["distillation"]["config"]["elbo_rows"] == 24 and refit.meta["distillation"]["config"]["batch_size"] == 16
     assert refit.model.config.density_atom_terms and not loaded.model.config.density_atom_terms
     bad = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--device", "cuda:7"])
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
