@@ -607,6 +607,10 @@ def info(
                      f"{distillation['spearman_density_elbo_before']:.3f} -> "
                      f"{distillation['spearman_density_elbo_after']:.3f} on {distillation['check_molecules']} "
                      f"held-out molecules"))
+        fit = distillation.get("config", {})
+        if "molecules" in fit:
+            rows.append(("distillation: targets", f"{fit['molecules']:,} x {fit['elbo_samples']} levels, "
+                         f"{fit['epochs']} passes on {fit.get('device', 'cpu')}"))
     for label, value in (loaded.evaluation or {}).items():
         rows.append((f"evaluate: {label}", f"{value:.4g}" if isinstance(value, float) else str(value)))
     for label, value in rows:

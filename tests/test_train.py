@@ -391,6 +391,8 @@ def test_train_cli_end_to_end(tmp_path):
     assert refit.calibration["mols"] != loaded.calibration["mols"]
     assert refit.meta["distillation"]["config"]["molecules"] == 50
     assert refit.meta["distillation"]["config"]["elbo_rows"] == 24 and refit.meta["distillation"]["config"]["batch_size"] == 16
+    card = CliRunner().invoke(app, ["info", "--checkpoint", str(distilled)])
+    assert "50 x 2 levels, 3 passes on cpu" in " ".join(card.output.split())
     assert refit.model.config.density_atom_terms and not loaded.model.config.density_atom_terms
     bad = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--device", "cuda:7"])
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
