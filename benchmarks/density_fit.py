@@ -51,8 +51,11 @@ def main() -> None:
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (repeatability needs two estimates)")
 
-    loaded = load_model(args.checkpoint, device=args.device)
-    other = load_model(args.compare, device=args.device) if args.compare else None
+    try:
+        loaded = load_model(args.checkpoint, device=args.device)
+        other = load_model(args.compare, device=args.device) if args.compare else None
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
     if other is not None and not same_score_model(loaded.model, other.model):
         parser.error("--compare must be the same score model with another density head")
     files = locate_qm9(SHARED_DATA)
