@@ -27,7 +27,7 @@ from _common import SHARED_DATA, write_results
 from molgen.checkpoint import load_model
 from molgen.data import locate_qm9, prepare_dataset
 from molgen.evaluation.density import spearman
-from molgen.likelihood import elbo, log_density
+from molgen.likelihood import MAX_ELBO_ROWS, elbo, log_density
 
 
 def same_score_model(first, second) -> bool:
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--elbo-rows", type=int, default=2048, help="Molecules x levels per forward call.")
+    parser.add_argument("--elbo-rows", type=int, default=MAX_ELBO_ROWS, help="Molecules x levels per forward call.")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (repeatability needs two estimates)")

@@ -27,6 +27,7 @@ from molgen.checkpoint import BUNDLED, export_inference, load_model, read_checkp
 from molgen.checks import RULES, CheckConfig, CheckSpecError, append_results, run_checks
 from molgen.data import locate_qm9, prepare_dataset
 from molgen.io import DEFAULT_CHUNK_SIZE, InputError, TableWriter, read_molecules
+from molgen.likelihood import MAX_ELBO_ROWS
 from molgen.losses import LossWeights
 from molgen.model import derived_atom_features
 from molgen.pipeline import GenerateOptions
@@ -425,7 +426,7 @@ def distill(
         "--no-atom-terms refits the [CLS] head alone."),
     batch_size: int = typer.Option(256, min=1, help="Targets per step of the head's fit."),
     elbo_rows: int = typer.Option(
-        2048, min=1, help="Molecules x noise levels per forward call of the ELBO: more keeps a GPU busy (65536)."),
+        MAX_ELBO_ROWS, min=1, help="Molecules x noise levels per forward call of the ELBO: more keeps a GPU busy (65536)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, ... (the result is written for CPU)."),
     workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
