@@ -46,3 +46,20 @@ def write_results(name: str, payload: dict, table_rows: list[tuple], header: tup
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table_rows]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def fcd_score(smiles_a: list[str], smiles_b: list[str]) -> float:
+    """FCD with both sides as RDKit canonical SMILES (the published protocol): ChemNet reads the
+    string, so a Kekulé test set against aromatic samples would measure spelling, not chemistry."""
+    from molgen.evaluation.generation import canonicalize, fcd
+
+    return fcd(*([s for s in canonicalize(side) if s is not None] for side in (smiles_a, smiles_b)))
+
+
+def qm9_split() -> tuple[list[str], list[str]]:
+    """(train, test) SMILES of the shared QM9 copy, test being the published split."""
+    import pandas as pd
+
+    qm9 = pd.read_csv(SHARED_DATA / "qm9.csv")["smiles"]
+    test_rows = json.loads((SHARED_DATA / "qm9_test_idx.json").read_text())["test_idx"]
+    return qm9.drop(index=test_rows).tolist(), qm9.iloc[test_rows].tolist()

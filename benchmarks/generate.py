@@ -13,23 +13,15 @@ random training molecules.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import pandas as pd
 import torch
-from _common import SHARED_DATA, median_rate, write_results
+from _common import fcd_score, median_rate, qm9_split, write_results
 
 from molgen.checkpoint import load_model
-from molgen.evaluation.generation import canonicalize, fcd
 from molgen.pipeline import GenerateOptions, generate, sample_molecules
-
-
-def fcd_score(smiles_a: list[str], smiles_b: list[str]) -> float:
-    """FCD with both sides as RDKit canonical SMILES (the published protocol): ChemNet reads the
-    string, so a Kekulé test set against aromatic samples would measure spelling, not chemistry."""
-    return fcd(*([s for s in canonicalize(side) if s is not None] for side in (smiles_a, smiles_b)))
 
 
 def main() -> None:
@@ -53,10 +45,8 @@ def main() -> None:
     unique = frame[frame["unique"]]
     kept, rejected = unique[unique["passed_density"]], unique[~unique["passed_density"]]
 
-    qm9 = pd.read_csv(SHARED_DATA / "qm9.csv")["smiles"]
-    test_rows = json.loads((SHARED_DATA / "qm9_test_idx.json").read_text())["test_idx"]
-    test = qm9.iloc[test_rows].tolist()
-    train = qm9.drop(index=test_rows)
+    train, test = qm9_split()
+    train = pd.Series(train)
     rng = np.random.default_rng(args.seed)
 
     def random_subset(size: int) -> list[str]:
