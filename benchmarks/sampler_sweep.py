@@ -1,6 +1,7 @@
 """What the sampler's settings do to raw validity, its failure classes and FCD, beside the default.
 
-    python benchmarks/sampler_sweep.py [--checkpoint PATH] [-n 2000] [--seeds 0 1]
+    python benchmarks/sampler_sweep.py [--checkpoint PATH] [-n 2000] [--seeds 0 1] [--settings NAME ...]
+        [--tag TAG]
 
 Each setting samples ``-n`` molecules per seed (same seeds, so the same sizes and starting noise
 for every setting) and reports the share of raw graphs RDKit accepts, why the others fail (per
@@ -22,12 +23,12 @@ from molgen.checkpoint import load_model
 from molgen.pipeline import GenerateOptions, sample_molecules
 from molgen.sampler import SamplerSettings
 
-SETTINGS = {
-    "default (100 steps)": SamplerSettings(),
-    "200 steps": SamplerSettings(steps=200),
-    "1 corrector step, snr 0.1": SamplerSettings(corrector_steps=1, snr=0.1),
-    "1 corrector step, snr 0.3": SamplerSettings(corrector_steps=1, snr=0.3),
-    "temperature 0.95": SamplerSettings(temperature=0.95),
+SETTINGS = {  # name on the command line: (label in the table, settings)
+    "default": ("default (100 steps)", SamplerSettings()),
+    "steps200": ("200 steps", SamplerSettings(steps=200)),
+    "corrector-snr0.1": ("1 corrector step, snr 0.1", SamplerSettings(corrector_steps=1, snr=0.1)),
+    "corrector-snr0.3": ("1 corrector step, snr 0.3", SamplerSettings(corrector_steps=1, snr=0.3)),
+    "temperature0.95": ("temperature 0.95", SamplerSettings(temperature=0.95)),
 }
 FAILURES = ("kekulize", "valence", "disconnected")
 
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("-n", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), metavar="NAME",
+                        help=f"Which settings to run, of: {', '.join(SETTINGS)}.")
+    parser.add_argument("--tag", default="", help="Results go to sampler_sweep[_TAG].{json,md}.")
     args = parser.parse_args()
 
     loaded = load_model(args.checkpoint)
@@ -60,7 +64,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seeds[0])
     floor = fcd_score([train[i] for i in rng.choice(len(train), args.n, replace=False)], test)
     results = {}
-    for name, settings in SETTINGS.items():
+    for key in args.settings:
+        name, settings = SETTINGS[key]
         runs = [run_setting(loaded, settings, args.n, seed, test) for seed in args.seeds]
         results[name] = {"settings": settings.to_dict(), "runs": runs}
         print(name, runs, flush=True)
@@ -86,7 +91,7 @@ def main() -> None:
                "fcd_floor_random_train": floor, "settings": results}
     header = ("sampler setting (median over seeds)", "raw validity", "kekulize /1k", "valence /1k",
               "disconnected /1k", "other /1k", "uniqueness", "FCD vs test", "mol/s")
-    write_results("sampler_sweep", payload, rows, header)
+    write_results("sampler_sweep" + (f"_{args.tag}" if args.tag else ""), payload, rows, header)
 
 
 if __name__ == "__main__":

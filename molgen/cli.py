@@ -457,6 +457,43 @@ def distill(
     )
 
 
+@app.command()
+def repair(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint trained with --kekule-features (RUN/checkpoint.pt)."),
+    data: List[str] = typer.Option(["qm9"], "--data", help="The training sets it was trained on, as for train."),
+    qm9_path: Optional[Path] = typer.Option(None, help="Folder or qm9.csv with qm9_test_idx.json beside it."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: in place)."),
+    width: int = typer.Option(256, min=1, help="Hidden width of the adapter's MLP."),
+    steps: int = typer.Option(5000, min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(192, min=2, help="Training molecules per step."),
+    min_logsnr: float = typer.Option(
+        -1.5, help="The adapter acts only at this log-SNR or above (less noise), where estimates can be molecules."),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
+) -> None:
+    """Fit a repair adapter (everything else frozen) that acts only while the sampler's estimate is no molecule."""
+    from molgen.repair import RepairConfig, repair_checkpoint
+
+    try:
+        aromatic_bonds = Vocabulary.from_dict(read_checkpoint(checkpoint)["vocab"]).aromatic_bonds
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
+    datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
+    config = RepairConfig(width=width, steps=steps, batch_size=batch_size, min_logsnr=min_logsnr, seed=seed)
+    try:
+        with console.status("fitting the repair adapter") as status:
+            report = repair_checkpoint(checkpoint, TrainingData.combine(datasets, names), config, output,
+                                       log=status.update)
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
+    Console().print(
+        f"repair adapter: of {report['check_gated']:,} held-out estimates that were no molecule, the next pass made "
+        f"{100 * report['mended_after']:.1f}% molecules ({100 * report['mended_before']:.1f}% without it); "
+        f"{steps:,} steps; written to {output or checkpoint}",
+        highlight=False, soft_wrap=True,
+    )
+
+
 def _require_device(device: str) -> None:
     """Exit with a one-line message when ``--device`` names CUDA on a machine without it."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -612,6 +649,12 @@ def info(
         if "molecules" in fit:
             rows.append(("distillation: targets", f"{fit['molecules']:,} x {fit['elbo_samples']} levels, "
                          f"{fit['epochs']} passes on {fit.get('device', 'cpu')}"))
+    repair = meta.get("repair")
+    if repair:
+        fit = repair["config"]
+        rows.append(("repair adapter", f"width {fit['width']}, acts at log-SNR >= {fit['min_logsnr']:g} while the "
+                     f"estimate is no molecule; {fit['steps']:,} steps; mends {100 * repair['mended_after']:.1f}% of "
+                     f"such held-out estimates ({100 * repair['mended_before']:.1f}% without it)"))
     for label, value in (loaded.evaluation or {}).items():
         rows.append((f"evaluate: {label}", f"{value:.4g}" if isinstance(value, float) else str(value)))
     for label, value in rows:

@@ -51,6 +51,11 @@ class DiScoConfig:
     kekule_features: bool = False  # whether the previous estimate's aromatic bonds can be kekulized, per atom
     density_scale: float = 10.0  # the density head's raw output times this is nats
     density_atom_terms: bool = False  # D also sums a per-atom term over the final atom states
+    # Hidden width of the repair adapter (0: none): an MLP over each atom's inputs added to its
+    # embedding only where the previous estimate's graph is no molecule (see repair_gate) and the
+    # atoms' log-SNR is at least repair_min_logsnr (noisier estimates are never molecules).
+    repair_adapter: int = 0
+    repair_min_logsnr: float = -1.5
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -191,6 +196,27 @@ def kekule_features(
     return torch.stack([needs_double, broken, broken & toggle_fixes, off_cycle], dim=-1).float()
 
 
+def repair_gate(
+    atom_probs: torch.Tensor, bond_probs: torch.Tensor, kekule: torch.Tensor, valences: torch.Tensor,
+    bond_orders: torch.Tensor,
+) -> torch.Tensor:
+    """(B,) float: 1 where the estimate's argmax graph is no molecule, 0 where it could be one. No
+    molecule: an atom over its valence, more than one fragment, or aromatic bonds without a Kekulé
+    structure or off every cycle (from its Kekulé features (B, N, 4))."""
+    present = atom_probs.sum(-1) > 0
+    bonds = torch.where(bond_probs.sum(-1) > 0, bond_probs.argmax(-1), 0)
+    orders = bond_orders[bonds]
+    aromatic = orders != orders.round()
+    # Aromatic bonds count 1 here and the Kekulé features judge their double bonds.
+    used = torch.where(aromatic, 1.0, orders).sum(-1)
+    over = present & (used > valences[atom_probs.argmax(-1)] + 1e-6)
+    reach = reachable(bonds > 0)
+    first = present.float().argmax(1)
+    apart = present & ~reach[torch.arange(len(first), device=first.device), first]
+    broken = (kekule[..., 1] + kekule[..., 3]) > 0
+    return (over | apart | broken).any(1).float()
+
+
 def on_aromatic_cycle(aromatic: torch.Tensor) -> torch.Tensor:
     """Whether each atom lies on a cycle of aromatic bonds (M, N) given those bonds (M, N, N) bool:
     two of its aromatic neighbours are joined without it."""
@@ -326,6 +352,15 @@ class DiScoFormer(nn.Module):
         weights = torch.rand(config.max_atoms, config.max_atoms, generator=torch.Generator().manual_seed(0)) + 1.0
         self.register_buffer("matching_weights", weights.double(), persistent=False)
         self.atom_in = nn.Linear(a + extra_atom, d)
+        if config.repair_adapter:
+            if not config.kekule_features:
+                raise ValueError("the repair adapter is gated by the Kekulé features (--kekule-features)")
+            self.repair = nn.Sequential(
+                nn.Linear(a + extra_atom, config.repair_adapter), nn.SiLU(), nn.Linear(config.repair_adapter, d)
+            )
+            # Zero at first: adding the adapter to a trained model leaves it computing what it did.
+            nn.init.zeros_(self.repair[-1].weight)
+            nn.init.zeros_(self.repair[-1].bias)
         self.bond_in = nn.Linear(b + extra_bond, dp)
         self.position = nn.Parameter(torch.zeros(config.max_atoms, d))
         nn.init.normal_(self.position, std=0.02)
@@ -404,11 +439,16 @@ class DiScoFormer(nn.Module):
             if self.config.ring_features:
                 atom_inputs.append(ring_features(prev_bonds))
             if self.config.kekule_features:
-                atom_inputs.append(
-                    kekule_features(prev_atoms, prev_bonds, self.valences, self.bond_orders, self.matching_weights)
-                )
+                kekule = kekule_features(prev_atoms, prev_bonds, self.valences, self.bond_orders, self.matching_weights)
+                atom_inputs.append(kekule)
             bond_inputs.append(prev_bonds)
-        atoms = self.atom_in(torch.cat(atom_inputs, dim=-1)) + self.position[:n]
+        atom_inputs = torch.cat(atom_inputs, dim=-1)
+        atoms = self.atom_in(atom_inputs) + self.position[:n]
+        if self.config.repair_adapter and self_cond is not None:
+            gate = repair_gate(prev_atoms, prev_bonds, kekule, self.valences, self.bond_orders)
+            gate = gate * (logsnr_atoms >= self.config.repair_min_logsnr)
+            if gate.any():
+                atoms = atoms + gate[:, None, None] * self.repair(atom_inputs)
         layout = PairLayout(mask, z_atoms.dtype)
         pairs = self.bond_in(layout.pack(torch.cat(bond_inputs, dim=-1))) * layout.mask
 

@@ -1,0 +1,133 @@
+import pandas as pd
+import pytest
+import torch
+from conftest import shared_file
+from test_model import MATCHING_WEIGHTS, aromatic_graphs
+from typer.testing import CliRunner
+
+from molgen.checkpoint import load_model, read_checkpoint
+from molgen.cli import app
+from molgen.data import prepare_dataset
+from molgen.model import DiScoConfig, DiScoFormer, kekule_features, repair_gate
+from molgen.noise import NoiseProcess
+from molgen.repair import RepairConfig, fit_repair_adapter, with_repair_adapter
+from molgen.train import TrainConfig, Trainer, TrainingData
+
+TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
+SINGLE, TRIPLE = 1, 3
+
+
+def set_bond(x_bonds, molecule, i, j, bond_type):
+    x_bonds[molecule, i, j] = x_bonds[molecule, j, i] = torch.nn.functional.one_hot(
+        torch.tensor(bond_type), x_bonds.shape[-1]).float()
+
+
+def test_repair_gate_opens_exactly_on_graphs_that_are_no_molecule():
+    vocab, x_atoms, x_bonds, (valences, orders) = aromatic_graphs(["c1cc[nH]c1", "CC(C)O", "CCO", "c1ccncc1"])
+
+    def gate(atoms, bonds):
+        return repair_gate(atoms, bonds, kekule_features(atoms, bonds, valences, orders, MATCHING_WEIGHTS),
+                           valences, orders)
+
+    assert gate(x_atoms, x_bonds).tolist() == [0, 0, 0, 0]  # real molecules
+    atoms, bonds = x_atoms.clone(), x_bonds.clone()
+    # Pyrrole with its [nH] made an n: five atoms need a double bond, no Kekulé structure.
+    nitrogen = int((atoms[0].argmax(-1) == vocab.index(("N", 0, 1))).nonzero()[0])
+    atoms[0, nitrogen] = torch.nn.functional.one_hot(torch.tensor(vocab.index(("N", 0, 0))), vocab.num_atom_types)
+    # Isopropanol with a C#O: the oxygen and its carbon are over their valences.
+    oxygen = int((atoms[1].argmax(-1) == vocab.index(("O", 0, 0))).nonzero()[0])
+    carbon = int(bonds[1, oxygen, :, SINGLE].nonzero()[0])
+    set_bond(bonds, 1, oxygen, carbon, TRIPLE)
+    # Ethanol without its C-O bond: two fragments.
+    oxygen = int((atoms[2].argmax(-1) == vocab.index(("O", 0, 0))).nonzero()[0])
+    carbon = int(bonds[2, oxygen, :, SINGLE].nonzero()[0])
+    set_bond(bonds, 2, oxygen, carbon, 0)
+    assert gate(atoms, bonds).tolist() == [1, 1, 1, 0]
+
+
+def test_repair_adapter_acts_only_on_estimates_that_are_no_molecule_at_low_noise():
+    vocab, x_atoms, x_bonds, _ = aromatic_graphs(["c1cc[nH]c1", "c1ccncc1"])
+    config = DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences), vocab.bond_orders,
+                         kekule_features=True, **TINY)
+    plain = DiScoFormer(config).eval()
+    repaired = with_repair_adapter(plain, 16, min_logsnr=-1.5).eval()
+    mask = x_atoms.sum(-1) > 0
+    broken = x_atoms.clone()  # molecule 0's estimate: pyrrole with its [nH] made an n
+    nitrogen = int((broken[0].argmax(-1) == vocab.index(("N", 0, 1))).nonzero()[0])
+    broken[0, nitrogen] = torch.nn.functional.one_hot(torch.tensor(vocab.index(("N", 0, 0))), vocab.num_atom_types)
+    dist = torch.zeros(2, dtype=torch.long)
+
+    def outputs(model, logsnr, self_cond):
+        logsnr = torch.full((2,), logsnr)
+        with torch.no_grad():
+            return model(x_atoms, x_bonds, mask, logsnr, logsnr, dist, self_cond)
+
+    # Zero at first: the new model computes what the old one did, even on a broken estimate.
+    torch.testing.assert_close(outputs(repaired, 2.0, (broken, x_bonds)).atom_logits,
+                               outputs(plain, 2.0, (broken, x_bonds)).atom_logits)
+    torch.nn.init.normal_(repaired.repair[-1].weight)  # as if fitted
+    new, old = outputs(repaired, 2.0, (broken, x_bonds)), outputs(plain, 2.0, (broken, x_bonds))
+    assert not torch.allclose(new.atom_logits[0], old.atom_logits[0])  # the broken estimate opens the gate
+    torch.testing.assert_close(new.atom_logits[1], old.atom_logits[1])  # pyridine's does not
+    # Shut at levels noisier than min_logsnr, without an estimate, and on real molecules at the clean
+    # end, where the density head reads.
+    for logsnr, self_cond in [(-3.0, (broken, x_bonds)), (2.0, None), (9.0, (x_atoms, x_bonds))]:
+        new, old = outputs(repaired, logsnr, self_cond), outputs(plain, logsnr, self_cond)
+        torch.testing.assert_close(new.atom_logits, old.atom_logits)
+        torch.testing.assert_close(new.density, old.density)
+
+
+@pytest.fixture(scope="module")
+def aromatic_run(tmp_path_factory):
+    """A tiny aromatic-vocabulary model with Kekulé features after a few steps, and its data file."""
+    smiles = pd.read_csv(shared_file("qm9.csv"))["smiles"]
+    aromatic = smiles[smiles.str.contains(r"c|n|o")]
+    folder = tmp_path_factory.mktemp("aromatic")
+    path = folder / "qm9_aromatic.csv"
+    pd.concat([smiles.iloc[:150], aromatic.iloc[:150]]).to_frame().to_csv(path, index=False)
+    dataset, _ = prepare_dataset(path, use_cache=False, aromatic_bonds=True)  # as `molgen repair --data` prepares it
+    data = TrainingData.combine([dataset], [path.stem])
+    trainer = Trainer(TrainConfig(epochs=1, batch_size=16, model={**TINY, "kekule_features": True}, val_molecules=8),
+                      data, folder / "run")
+    order = trainer.epoch_order(0)
+    for index in range(5):
+        trainer.train_step(order[index * 16 : (index + 1) * 16])
+    trainer.ema.load_state_dict(trainer.model.state_dict())
+    trainer.save()
+    return trainer, path
+
+
+def test_fitting_the_adapter_lowers_its_loss_and_changes_nothing_else(aromatic_run):
+    trainer, _ = aromatic_run
+    model = with_repair_adapter(trainer.ema, 16, min_logsnr=-1.5)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    config = RepairConfig(width=16, steps=60, batch_size=32, check_molecules=64)
+    report = fit_repair_adapter(model, trainer.data, NoiseProcess(), config)
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(before[name], value)}
+    assert changed and all(name.startswith("repair.") for name in changed)
+    assert report["gated_per_batch"] > 0 and report["check_gated"] > 0
+    assert 0.0 <= report["mended_before"] <= 1.0 and 0.0 <= report["mended_after"] <= 1.0
+    assert report["loss_last_tenth"] < report["loss_first_tenth"]
+    assert not any(parameter.requires_grad for parameter in model.parameters())
+
+
+def test_cli_repair_writes_a_model_with_the_adapter(aromatic_run, tmp_path, tiny_checkpoint):
+    trainer, path = aromatic_run
+    output = tmp_path / "repaired.pt"
+    result = CliRunner().invoke(app, ["repair", str(trainer.checkpoint_path), "--data", str(path), "-o", str(output),
+                                      "--steps", "20", "--batch-size", "16", "--width", "8"])
+    assert result.exit_code == 0, result.output
+    assert "held-out estimates that were no molecule, the next pass made" in " ".join(result.output.split())
+    repaired, source = load_model(output), read_checkpoint(trainer.checkpoint_path)["ema"]
+    assert repaired.model.config.repair_adapter == 8 and repaired.meta["repair"]["config"]["steps"] == 20
+    card = CliRunner().invoke(app, ["info", "--checkpoint", str(output)])
+    text = " ".join(token for token in card.output.split() if token != "│")  # the cell as one line
+    assert "width 8, acts at log-SNR >= -1.5 while the estimate is no molecule; 20 steps; mends" in text
+    weights = repaired.model.state_dict()
+    assert all(torch.equal(weights[name], value) for name, value in source.items())
+    # A model without Kekulé features cannot have one: one line, no traceback.
+    tiny_source = tiny_checkpoint.parent.parent / "qm9_200.csv"
+    bad = CliRunner().invoke(app, ["repair", str(tiny_checkpoint), "--data", str(tiny_source), "--steps", "2"])
+    assert bad.exit_code == 2 and "--kekule-features" in bad.output
+    missing = CliRunner().invoke(app, ["repair", str(tmp_path / "none.pt"), "--data", str(path)])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
