@@ -199,7 +199,7 @@ def clean_states(model, batch: GraphBatch, dist: torch.Tensor, noise: NoiseProce
     t = torch.zeros(batch.mask.shape[0], device=batch.mask.device)
     states, _ = model.token_states(
         x_atoms, x_bonds, batch.mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist, (x_atoms, x_bonds),
-        final_pairs=False,
+        final_pairs=False, repair=False,
     )
     return states
 

@@ -421,11 +421,14 @@ class DiScoFormer(nn.Module):
         dist: torch.Tensor,
         self_cond: tuple[torch.Tensor, torch.Tensor] | None = None,
         final_pairs: bool = True,
+        repair: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The backbone: final token states (B, 2 + N, d), normalised, and pair features (B, N, N, dp)
         for the inputs of :meth:`forward`. Only the bond head reads the last block's pair update:
         ``final_pairs=False`` skips it and returns no pairs, so that scoring, which needs the token
-        states alone, does not pay for it."""
+        states alone, does not pay for it. ``repair=False`` keeps the repair adapter out: the density
+        head reads real molecules, never a sampler's estimate, and a few odd ones that RDKit accepts
+        (an aromatic ring with a triple bond) would otherwise open its gate."""
         batch, n, _ = z_atoms.shape
         pair_mask = pair_mask_of(mask)[..., None].to(z_atoms.dtype)
         atom_mask = mask[..., None].to(z_atoms.dtype)
@@ -444,7 +447,7 @@ class DiScoFormer(nn.Module):
             bond_inputs.append(prev_bonds)
         atom_inputs = torch.cat(atom_inputs, dim=-1)
         atoms = self.atom_in(atom_inputs) + self.position[:n]
-        if self.config.repair_adapter and self_cond is not None:
+        if self.config.repair_adapter and repair and self_cond is not None:
             gate = repair_gate(prev_atoms, prev_bonds, kekule, self.valences, self.bond_orders)
             gate = gate * (logsnr_atoms >= self.config.repair_min_logsnr)
             if gate.any():

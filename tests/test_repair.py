@@ -6,6 +6,7 @@ from test_model import MATCHING_WEIGHTS, aromatic_graphs
 from typer.testing import CliRunner
 
 from molgen.checkpoint import load_model, read_checkpoint
+from molgen.chemistry import parse_smiles
 from molgen.cli import app
 from molgen.data import prepare_dataset
 from molgen.model import DiScoConfig, DiScoFormer, kekule_features, repair_gate
@@ -131,3 +132,26 @@ def test_cli_repair_writes_a_model_with_the_adapter(aromatic_run, tmp_path, tiny
     assert bad.exit_code == 2 and "--kekule-features" in bad.output
     missing = CliRunner().invoke(app, ["repair", str(tmp_path / "none.pt"), "--data", str(path)])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_the_density_head_never_sees_the_adapter():
+    """RDKit accepts an aromatic ring with a triple bond in it, which the gate counts as over a valence:
+    its clean-end forward pass opens the gate, yet its log_density is the model's without the adapter."""
+    from molgen.likelihood import log_density
+    from molgen.tokenizer import collate, encode
+
+    smiles = ["Cn1c#cc(=O)nc1N", "c1ccncc1"]
+    vocab, x_atoms, x_bonds, _ = aromatic_graphs(smiles)
+    config = DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences), vocab.bond_orders,
+                         kekule_features=True, density_atom_terms=True, **TINY)
+    plain = DiScoFormer(config).eval()
+    repaired = with_repair_adapter(plain, 16, min_logsnr=-1.5).eval()
+    torch.nn.init.normal_(repaired.repair[-1].weight)
+    batch = collate([encode(parse_smiles(s), vocab) for s in smiles], 9)
+    noise, dist = NoiseProcess(), torch.zeros(2, dtype=torch.long)
+    clean = torch.full((2,), noise.atoms.logsnr_max)
+    with torch.no_grad():
+        opened = repaired(x_atoms, x_bonds, batch.mask, clean, clean, dist, (x_atoms, x_bonds)).density
+        shut = plain(x_atoms, x_bonds, batch.mask, clean, clean, dist, (x_atoms, x_bonds)).density
+    assert opened[0] != shut[0] and opened[1] == shut[1]  # the odd ring opens the gate in a forward pass
+    torch.testing.assert_close(log_density(repaired, batch, dist, noise), log_density(plain, batch, dist, noise))
