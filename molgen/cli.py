@@ -12,7 +12,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import pandas as pd
 import torch
@@ -435,20 +435,12 @@ def distill(
     from molgen.distill import DistillConfig, distill_checkpoint
 
     _require_device(device)
-    try:
-        aromatic_bonds = Vocabulary.from_dict(read_checkpoint(checkpoint)["vocab"]).aromatic_bonds
-    except (FileNotFoundError, ValueError) as error:
-        raise _fail(str(error), 2) from None
-    datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, huber_nats=huber_nats,
                             atom_terms=atom_terms, batch_size=batch_size, elbo_rows=elbo_rows, seed=seed,
                             device=device)
-    try:
-        with console.status("distilling") as status:
-            report = distill_checkpoint(checkpoint, TrainingData.combine(datasets, names), config, output,
-                                        log=status.update)
-    except (FileNotFoundError, ValueError) as error:
-        raise _fail(str(error), 2) from None
+    report = _fit_on_training_data(
+        checkpoint, data, qm9_path, workers, "distilling",
+        lambda training, log: distill_checkpoint(checkpoint, training, config, output, log=log))
     Console().print(
         f"Spearman(D, ELBO) on {report['check_molecules']} held-out molecules: "
         f"{report['spearman_density_elbo_before']:.3f} -> {report['spearman_density_elbo_after']:.3f} "
@@ -474,24 +466,34 @@ def repair(
     """Fit a repair adapter (everything else frozen) that acts only while the sampler's estimate is no molecule."""
     from molgen.repair import RepairConfig, repair_checkpoint
 
-    try:
-        aromatic_bonds = Vocabulary.from_dict(read_checkpoint(checkpoint)["vocab"]).aromatic_bonds
-    except (FileNotFoundError, ValueError) as error:
-        raise _fail(str(error), 2) from None
-    datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
     config = RepairConfig(width=width, steps=steps, batch_size=batch_size, min_logsnr=min_logsnr, seed=seed)
-    try:
-        with console.status("fitting the repair adapter") as status:
-            report = repair_checkpoint(checkpoint, TrainingData.combine(datasets, names), config, output,
-                                       log=status.update)
-    except (FileNotFoundError, ValueError) as error:
-        raise _fail(str(error), 2) from None
+    report = _fit_on_training_data(
+        checkpoint, data, qm9_path, workers, "fitting the repair adapter",
+        lambda training, log: repair_checkpoint(checkpoint, training, config, output, log=log))
     Console().print(
         f"repair adapter: of {report['check_gated']:,} held-out estimates that were no molecule, the next pass made "
         f"{100 * report['mended_after']:.1f}% molecules ({100 * report['mended_before']:.1f}% without it); "
         f"{steps:,} steps; written to {output or checkpoint}",
         highlight=False, soft_wrap=True,
     )
+
+
+def _fit_on_training_data(
+    checkpoint: Path, data: List[str], qm9_path: Optional[Path], workers: int, doing: str,
+    fit: Callable[[TrainingData, Callable[[str], None]], dict],
+) -> dict:
+    """Prepare the training sets ``checkpoint`` was trained on, in its bond vocabulary, and run ``fit``
+    on them under a status line; a bad checkpoint or data file is one line and exit code 2."""
+    try:
+        aromatic_bonds = Vocabulary.from_dict(read_checkpoint(checkpoint)["vocab"]).aromatic_bonds
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
+    datasets, names = _training_sets(data, qm9_path, workers, aromatic_bonds)
+    try:
+        with console.status(doing) as status:
+            return fit(TrainingData.combine(datasets, names), status.update)
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(str(error), 2) from None
 
 
 def _require_device(device: str) -> None:
