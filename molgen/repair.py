@@ -189,7 +189,9 @@ def repair_checkpoint(
     if payload["meta"]["data_fingerprints"] != data.fingerprints:
         raise ValueError("the checkpoint was trained on other data (fingerprints differ)")
     model.load_state_dict(payload["ema"])
-    model = with_repair_adapter(model, config.width, config.min_logsnr)
+    with torch.random.fork_rng():  # the adapter's first layer starts random: seeded, so a run repeats
+        torch.manual_seed(config.seed)
+        model = with_repair_adapter(model, config.width, config.min_logsnr)
     report = fit_repair_adapter(model, data, NoiseProcess.from_dict(payload["noise"]), config, log)
     payload["ema"] = model.state_dict()
     payload["model_config"] = model.config.to_dict()

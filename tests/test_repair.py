@@ -121,6 +121,11 @@ def test_cli_repair_writes_a_model_with_the_adapter(aromatic_run, tmp_path, tiny
     assert "held-out estimates that were no molecule, the next pass made" in " ".join(result.output.split())
     repaired, source = load_model(output), read_checkpoint(trainer.checkpoint_path)["ema"]
     assert repaired.model.config.repair_adapter == 8 and repaired.meta["repair"]["config"]["steps"] == 20
+    again = tmp_path / "again.pt"
+    CliRunner().invoke(app, ["repair", str(trainer.checkpoint_path), "--data", str(path), "-o", str(again),
+                             "--steps", "20", "--batch-size", "16", "--width", "8"])
+    same = read_checkpoint(again)["ema"]
+    assert all(torch.equal(value, same[name]) for name, value in read_checkpoint(output)["ema"].items())  # same seed
     card = CliRunner().invoke(app, ["info", "--checkpoint", str(output)])
     text = " ".join(token for token in card.output.split() if token != "│")  # the cell as one line
     assert "width 8, acts at log-SNR >= -1.5 while the estimate is no molecule; 20 steps; mends" in text
