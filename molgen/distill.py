@@ -19,7 +19,7 @@ Only the density head and the density offset change, so sampling (the score head
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -91,10 +91,7 @@ def with_atom_terms(model: DiScoFormer) -> DiScoFormer:
     """``model`` with per-atom density terms added (zero at first, so D is unchanged until refit)."""
     if model.config.density_atom_terms:
         return model
-    upgraded = DiScoFormer(replace(model.config, density_atom_terms=True))
-    missing, unexpected = upgraded.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and all(name.startswith("density_atom_head.") for name in missing), (missing, unexpected)
-    return upgraded
+    return model.with_new_module("density_atom_head", density_atom_terms=True)
 
 
 @dataclass

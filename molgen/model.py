@@ -20,7 +20,7 @@ Heads:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -448,10 +448,13 @@ class DiScoFormer(nn.Module):
         atom_inputs = torch.cat(atom_inputs, dim=-1)
         atoms = self.atom_in(atom_inputs) + self.position[:n]
         if self.config.repair_adapter and repair and self_cond is not None:
-            gate = repair_gate(prev_atoms, prev_bonds, kekule, self.valences, self.bond_orders)
-            gate = gate * (logsnr_atoms >= self.config.repair_min_logsnr)
-            if gate.any():
-                atoms = atoms + gate[:, None, None] * self.repair(atom_inputs)
+            # The window first: at noisier levels (the first part of every chain) the gate stays shut
+            # and its graph checks are not worth computing.
+            in_window = logsnr_atoms >= self.config.repair_min_logsnr
+            if in_window.any():
+                gate = repair_gate(prev_atoms, prev_bonds, kekule, self.valences, self.bond_orders) * in_window
+                if gate.any():
+                    atoms = atoms + gate[:, None, None] * self.repair(atom_inputs)
         layout = PairLayout(mask, z_atoms.dtype)
         pairs = self.bond_in(layout.pack(torch.cat(bond_inputs, dim=-1))) * layout.mask
 
@@ -478,6 +481,17 @@ class DiScoFormer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def with_new_module(self, name: str, **changes) -> "DiScoFormer":
+        """This model rebuilt under config ``changes`` that add the module ``name``, which starts as
+        the constructor makes it (a zero last layer: computing what this model did); every other
+        weight carried over. A ``name`` module this model has already is dropped, not carried."""
+        prefix = name + "."
+        upgraded = DiScoFormer(replace(self.config, **changes))
+        weights = {key: value for key, value in self.state_dict().items() if not key.startswith(prefix)}
+        missing, unexpected = upgraded.load_state_dict(weights, strict=False)
+        assert not unexpected and all(key.startswith(prefix) for key in missing), (missing, unexpected)
+        return upgraded
 
 
 def posterior_probs(output: ModelOutput, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

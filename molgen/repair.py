@@ -18,7 +18,7 @@ molecule as the target; the loss counts only the molecules whose first estimate 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,11 +53,7 @@ class RepairConfig:
 
 def with_repair_adapter(model: DiScoFormer, width: int, min_logsnr: float) -> DiScoFormer:
     """``model`` with a new (zero, so inactive) repair adapter of hidden ``width``."""
-    upgraded = DiScoFormer(replace(model.config, repair_adapter=width, repair_min_logsnr=min_logsnr))
-    weights = {name: value for name, value in model.state_dict().items() if not name.startswith("repair.")}
-    missing, unexpected = upgraded.load_state_dict(weights, strict=False)
-    assert not unexpected and all(name.startswith("repair.") for name in missing), (missing, unexpected)
-    return upgraded
+    return model.with_new_module("repair", repair_adapter=width, repair_min_logsnr=min_logsnr)
 
 
 def noised_with_estimate(
