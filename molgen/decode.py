@@ -9,6 +9,9 @@
   (:func:`kekule_view`), where the argmax's aromatic bonds become the double bonds of a maximum
   matching and single bonds elsewhere. RDKit's kekulization needs a perfect matching and fails
   without one; a maximum matching keeps as much of a broken aromatic ring as valences allow.
+* :func:`nearest_molecule` is the most probable molecule within two changes of the argmax graph, in
+  the model's own vocabulary and atom order: what fitting the repair adapter on the sampler's own
+  chains aims them at.
 
 Inputs are one molecule's probabilities: ``atom_probs`` (n, A) and ``bond_probs`` (n, n, B) over the
 vocabulary's bond types; they need not be normalised or symmetric (the mean of (i, j) and (j, i) is
@@ -80,6 +83,58 @@ def decode_constrained(
     mol = build_molecule(atom_types, bonds, vocab)
     Chem.SanitizeMol(mol)  # cannot fail by construction; an exception here is a bug worth seeing
     return ConstrainedDecode(mol, True)  # the raw graph was invalid, so this one differs from it
+
+
+def nearest_molecule(
+    atom_probs: np.ndarray, bond_probs: np.ndarray, vocab: Vocabulary, candidates: int = 30
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(atom type ids, bond id matrix) of the most probable graph that :func:`decode_raw` accepts among
+    the argmax graph, every graph one atom type or bond away from it, and those two changes away that
+    combine two of the ``candidates`` most probable single changes; None when there is none.
+
+    Atoms and pairs are independent under the probabilities, so a change costs its log-probability
+    ratio and the most probable graphs are tried first. Unlike :func:`decode_constrained` this keeps
+    aromatic bonds (a broken five-membered ring is usually one hydrogen from a real one), and the
+    atoms stay where the sampler put them.
+    """
+    atom_probs = np.asarray(atom_probs, dtype=np.float64)
+    bond_probs = _symmetrise(np.asarray(bond_probs, dtype=np.float64))
+    types, bonds = argmax_graph(atom_probs, bond_probs)
+
+    def is_molecule(new_types: np.ndarray, new_bonds: np.ndarray) -> bool:
+        eye_atoms, eye_bonds = np.eye(vocab.num_atom_types), np.eye(vocab.num_bond_types)
+        return decode_raw(eye_atoms[new_types], eye_bonds[new_bonds], vocab).valid
+
+    if is_molecule(types, bonds):
+        return types, bonds
+    log_atoms, log_bonds = np.log(np.clip(atom_probs, 1e-12, None)), np.log(np.clip(bond_probs, 1e-12, None))
+    changes = []  # (log-probability ratio, (atom,) or (i, j), new id)
+    for i, current in enumerate(types):
+        changes += [(log_atoms[i, new] - log_atoms[i, current], (i,), new)
+                    for new in range(vocab.num_atom_types) if new != current]
+    for i, j in zip(*np.triu_indices(len(types), k=1)):
+        current = bonds[i, j]
+        changes += [(log_bonds[i, j, new] - log_bonds[i, j, current], (int(i), int(j)), new)
+                    for new in range(vocab.num_bond_types) if new != current]
+    changes.sort(key=lambda change: -change[0])
+
+    def changed(chosen) -> tuple[np.ndarray, np.ndarray]:
+        new_types, new_bonds = types.copy(), bonds.copy()
+        for _, where, new in chosen:
+            if len(where) == 1:
+                new_types[where[0]] = new
+            else:
+                new_bonds[where] = new_bonds[where[::-1]] = new
+        return new_types, new_bonds
+
+    for change in changes:
+        if is_molecule(*changed([change])):
+            return changed([change])
+    pairs = [(a, b) for k, a in enumerate(changes[:candidates]) for b in changes[k + 1 : candidates] if a[1] != b[1]]
+    for pair in sorted(pairs, key=lambda pair: -(pair[0][0] + pair[1][0])):
+        if is_molecule(*changed(pair)):
+            return changed(pair)
+    return None
 
 
 def argmax_graph(atom_probs: np.ndarray, bond_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

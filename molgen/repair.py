@@ -14,6 +14,14 @@ the model computes exactly what it did, so the density head of every real molecu
 is fitted here on training molecules, noised at the levels where chains settle, half of them around
 a broken copy (one ring atom swapped, one bond over a valence or one bridge removed) with the real
 molecule as the target; the loss counts only the molecules whose first estimate opens the gate.
+
+Broken copies are not what the sampler makes: its failures are mostly rings of three or four
+aromatic atoms and five-membered rings one hydrogen off. So the adapter is then fine-tuned on the
+sampler's own chains (:func:`record_chains`): every state where the gate was open, aimed at the
+chain's final graph when that is a molecule and otherwise at the most probable molecule one or two
+changes from it (:func:`molgen.decode.nearest_molecule`). Chains that ended well teach it to leave
+good chains alone; aiming the failures at :func:`molgen.decode.decode_constrained` instead taught it
+to take aromatic rings apart (aromatic samples 11% -> 1%, FCD 0.45 -> 2.0 on 2 x 2,000 samples).
 """
 
 from __future__ import annotations
@@ -27,11 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from molgen.checkpoint import read_checkpoint, save_checkpoint
+from molgen.decode import argmax_graph, decode_raw, nearest_molecule
 from molgen.likelihood import upper_pair_mask
 from molgen.losses import bond_corrupted, ring_atom_swapped
 from molgen.model import DiScoConfig, DiScoFormer, kekule_features, posterior_probs, repair_gate
 from molgen.noise import NoiseProcess, q_sample, symmetric_noise
-from molgen.tokenizer import GraphBatch, pair_mask_of
+from molgen.sampler import SamplerSettings, model_denoiser, sample
+from molgen.tokenizer import GraphBatch, Vocabulary, pair_mask_of
 from molgen.train import TrainingData
 
 
@@ -45,6 +55,14 @@ class RepairConfig:
     min_logsnr: float = -1.5  # the gate stays shut at noisier levels, where no estimate is a molecule yet
     max_logsnr: float = 8.0  # training levels run from min_logsnr up to this
     check_molecules: int = 2000  # held-out molecules on which the mended share is measured
+    chains: int = 40_000  # sampler chains recorded for the fine-tune on the sampler's own states (0: none)
+    chain_steps: int = 2000
+    chain_batch_size: int = 128
+    chain_lr: float = 5e-4
+    # Chains that end a molecule have ~8x more gated states than are worth holding in memory: this share
+    # of them is kept, its states weighted up, so that the fine-tune sees chains as the sampler makes them.
+    valid_chain_share: float = 0.3
+    check_chains: int = 2000  # fresh chains whose raw validity is measured before and after the fine-tune
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -98,12 +116,16 @@ def repair_loss(
     inputs, (atoms, bonds), rows = noised_with_estimate(model, batch, dist, noise, config, swaps, generator)
     if len(rows) == 0:
         return None, 0
-    mask = batch.mask[rows]
     output = model(*(value[rows] for value in inputs), (atoms[rows], bonds[rows]))
-    atom_ce = F.cross_entropy(output.atom_logits.transpose(1, 2), batch.atoms[rows], reduction="none")
-    bond_ce = F.cross_entropy(output.bond_logits.permute(0, 3, 1, 2), batch.bonds[rows], reduction="none")
-    per_molecule = (atom_ce * mask).sum(1) + (bond_ce * upper_pair_mask(mask)).sum((1, 2))
-    return per_molecule.mean(), len(rows)
+    return graph_cross_entropy(output, batch.atoms[rows], batch.bonds[rows], batch.mask[rows]), len(rows)
+
+
+def graph_cross_entropy(output, target_atoms: torch.Tensor, target_bonds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over molecules of the cross-entropy of the target graphs (atom ids (B, N), bond ids
+    (B, N, N)) under the model's output, each bond counted once."""
+    atom_ce = F.cross_entropy(output.atom_logits.transpose(1, 2), target_atoms, reduction="none")
+    bond_ce = F.cross_entropy(output.bond_logits.permute(0, 3, 1, 2), target_bonds, reduction="none")
+    return ((atom_ce * mask).sum(1) + (bond_ce * upper_pair_mask(mask)).sum((1, 2))).mean()
 
 
 @torch.no_grad()
@@ -128,6 +150,16 @@ def mended_share(model: DiScoFormer, data: TrainingData, noise: NoiseProcess, co
     return mended / max(gated, 1), gated
 
 
+def adapter_parameters(model: DiScoFormer) -> list[torch.nn.Parameter]:
+    """The repair adapter's parameters, the only ones left trainable."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    parameters = list(model.repair.parameters())
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    return parameters
+
+
 def fit_repair_adapter(
     model: DiScoFormer, data: TrainingData, noise: NoiseProcess, config: RepairConfig,
     log: Callable[[str], None] = lambda message: None,
@@ -135,12 +167,7 @@ def fit_repair_adapter(
     """Fit ``model``'s repair adapter in place on ``data``'s training molecules; returns the loss of
     the first and last tenth of the steps, how many molecules per batch opened the gate, and the
     share of gated held-out estimates that the next pass makes a molecule, before and after."""
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    parameters = list(model.repair.parameters())
-    for parameter in parameters:
-        parameter.requires_grad_(True)
-    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    optimizer = torch.optim.Adam(adapter_parameters(model), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     swaps = torch.from_numpy(data.vocab.repair_swaps("any"))
@@ -171,6 +198,175 @@ def fit_repair_adapter(
             "check_molecules": len(check), "check_gated": check_gated, "mended_before": mended_before,
             "mended_after": mended_after}
 
+CHAINS_PER_BATCH = 500
+
+
+@torch.no_grad()
+def run_chains(
+    model: DiScoFormer, noise: NoiseProcess, vocab: Vocabulary, size_distributions, chains: int, seed: int,
+    on_gated_state: Callable | None = None,
+):
+    """Sample ``chains`` chains with the default sampler (the distributions taking turns by batch) and
+    yield per batch: the atom masks, distribution ids, final atom and bond probabilities (numpy) and
+    whether each raw graph is a molecule. ``on_gated_state(z_atoms, z_bonds, t, self_cond, gated)``
+    sees every denoiser call where the gate is open for some chain (``gated``, (B,) bool)."""
+    generator = torch.Generator().manual_seed(seed)
+    size_probs = torch.tensor(np.asarray(size_distributions), dtype=torch.float64)
+    for index, start in enumerate(range(0, chains, CHAINS_PER_BATCH)):
+        count = min(CHAINS_PER_BATCH, chains - start)
+        dist_index = index % len(size_probs)
+        sizes = torch.multinomial(size_probs[dist_index], count, replacement=True, generator=generator)
+        mask = torch.arange(vocab.max_atoms)[None, :] < sizes[:, None]
+        dist = torch.full((count,), dist_index, dtype=torch.long)
+        denoise = model_denoiser(model, mask, dist, noise)
+
+        def watched(z_atoms, z_bonds, t, self_cond):
+            if on_gated_state is not None and self_cond is not None:
+                in_window = noise.atoms.logsnr(t) >= model.config.repair_min_logsnr
+                if in_window.any():
+                    gated = no_molecule(model, *self_cond) & in_window
+                    if gated.any():
+                        on_gated_state(z_atoms, z_bonds, t, self_cond, gated)
+            return denoise(z_atoms, z_bonds, t, self_cond)
+
+        result = sample(watched, mask, vocab.num_atom_types, vocab.num_bond_types, noise, SamplerSettings(), generator)
+        atoms, bonds = result.atoms.numpy(), result.bonds.numpy()
+        valid = torch.tensor([decode_raw(atoms[i, :k], bonds[i, :k, :k], vocab).valid
+                              for i, k in enumerate(sizes.tolist())])
+        yield mask, dist, atoms, bonds, valid
+
+
+def raw_validity(model: DiScoFormer, noise: NoiseProcess, vocab: Vocabulary, size_distributions, chains: int,
+                 seed: int) -> float:
+    """Share of ``chains`` fresh chains whose raw graph is a molecule."""
+    valid = [flags for *_, flags in run_chains(model, noise, vocab, size_distributions, chains, seed)]
+    return float(torch.cat(valid).float().mean())
+
+
+@dataclass
+class ChainStates:
+    """What :func:`record_chains` keeps. Per gated state: the model's inputs and the chain it belongs
+    to, and a weight that restores the chains' proportions. Per chain: atom mask, distribution and
+    target graph."""
+
+    z_atoms: torch.Tensor
+    z_bonds: torch.Tensor
+    t: torch.Tensor
+    prev_atoms: torch.Tensor
+    prev_bonds: torch.Tensor
+    chain: torch.Tensor
+    weights: torch.Tensor
+    mask: torch.Tensor
+    dist: torch.Tensor
+    target_atoms: torch.Tensor
+    target_bonds: torch.Tensor
+
+
+def record_chains(
+    model: DiScoFormer, noise: NoiseProcess, vocab: Vocabulary, size_distributions, config: RepairConfig,
+    seed: int = 0, log: Callable[[str], None] = lambda message: None,
+) -> tuple[ChainStates, dict]:
+    """Sample ``config.chains`` chains and keep their gated states with targets: the final graph of a
+    chain that ended a molecule (a ``valid_chain_share`` of them), otherwise the nearest molecule
+    (:func:`molgen.decode.nearest_molecule`); a failed chain without one is left out."""
+    if not 0.0 < config.valid_chain_share <= 1.0:
+        raise ValueError("valid_chain_share must be in (0, 1]")
+    keep_generator = torch.Generator().manual_seed(seed)
+    names = ("z_atoms", "z_bonds", "t", "prev_atoms", "prev_bonds", "chain")
+    kept: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    per_chain: dict[str, list[torch.Tensor]] = {name: [] for name in ("mask", "dist", "atoms", "bonds", "weight")}
+    visited: list[tuple] = []
+    chains = failed = without_target = 0
+
+    def visit(z_atoms, z_bonds, t, self_cond, gated):
+        visited.append((gated.clone(), z_atoms.clone(), z_bonds.clone(), t.clone(), self_cond[0].clone(),
+                        self_cond[1].clone()))
+
+    for mask, dist, atoms, bonds, valid in run_chains(model, noise, vocab, size_distributions, config.chains, seed,
+                                                       visit):
+        count, n_max = mask.shape
+        target_atoms = torch.zeros(count, n_max, dtype=torch.long)
+        target_bonds = torch.zeros(count, n_max, n_max, dtype=torch.long)
+        weight = torch.zeros(count)
+        keep_valid = torch.rand(count, generator=keep_generator) < config.valid_chain_share
+        for i, k in enumerate(mask.sum(1).tolist()):
+            if valid[i] and keep_valid[i]:
+                graph, weight[i] = argmax_graph(atoms[i, :k], bonds[i, :k, :k]), 1.0 / config.valid_chain_share
+            elif not valid[i]:
+                failed += 1
+                graph, weight[i] = nearest_molecule(atoms[i, :k], bonds[i, :k, :k], vocab), 1.0
+                if graph is None:
+                    without_target, weight[i] = without_target + 1, 0.0
+                    continue
+            else:
+                continue
+            target_atoms[i, :k] = torch.from_numpy(graph[0].astype(np.int64))
+            target_bonds[i, :k, :k] = torch.from_numpy(graph[1].astype(np.int64))
+        for gated, *values in visited:
+            rows = (gated & (weight > 0)).nonzero().squeeze(1)
+            for name, value in zip(names, (*values, rows + chains)):
+                kept[name].append(value[rows] if name != "chain" else value)
+        visited.clear()
+        for name, value in zip(per_chain, (mask, dist, target_atoms, target_bonds, weight)):
+            per_chain[name].append(value)
+        chains += count
+        log(f"repair adapter: {chains:,}/{config.chains:,} chains recorded, {failed:,} no molecule")
+    chain_weight = torch.cat(per_chain["weight"])
+    chain = torch.cat(kept["chain"])
+    states = ChainStates(
+        *(torch.cat(kept[name]) for name in names[:-1]), chain, chain_weight[chain],
+        torch.cat(per_chain["mask"]), torch.cat(per_chain["dist"]), torch.cat(per_chain["atoms"]),
+        torch.cat(per_chain["bonds"]),
+    )
+    return states, {"chains": chains, "chains_raw_validity": 1.0 - failed / max(chains, 1),
+                    "failed_without_target": without_target, "gated_states": len(chain)}
+
+
+def chain_loss(model: DiScoFormer, noise: NoiseProcess, states: ChainStates, rows: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the chains' targets from the model's pass on their recorded states ``rows``."""
+    chain = states.chain[rows]
+    mask, t = states.mask[chain], states.t[rows]
+    output = model(states.z_atoms[rows], states.z_bonds[rows], mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t),
+                   states.dist[chain], (states.prev_atoms[rows], states.prev_bonds[rows]))
+    return graph_cross_entropy(output, states.target_atoms[chain], states.target_bonds[chain], mask)
+
+
+def fit_on_chains(
+    model: DiScoFormer, noise: NoiseProcess, vocab: Vocabulary, size_distributions, config: RepairConfig,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Fine-tune ``model``'s repair adapter in place on its own sampler's gated states
+    (:func:`record_chains`); returns what was recorded, the loss of the first and last tenth of the
+    steps, and the raw validity of ``check_chains`` fresh chains (same seed) before and after.
+
+    One round: a second one, recording 20,000 chains with the fine-tuned adapter and fine-tuning on
+    them, lowered raw validity (97.1% -> 96.5% on 2 x 2,000 samples) and raised FCD (0.66 -> 1.08).
+    """
+    model.eval()
+    check_seed = config.seed + 1
+    before = raw_validity(model, noise, vocab, size_distributions, config.check_chains, check_seed)
+    states, report = record_chains(model, noise, vocab, size_distributions, config, seed=config.seed + 2, log=log)
+    if report["gated_states"] == 0:
+        raise ValueError("no sampler state opened the repair gate: nothing to fine-tune on")
+    optimizer = torch.optim.Adam(adapter_parameters(model), lr=config.chain_lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    losses = []
+    for step in range(config.chain_steps):
+        rows = torch.multinomial(states.weights, config.chain_batch_size, replacement=True, generator=generator)
+        loss = chain_loss(model, noise, states, rows)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0:
+            log(f"repair adapter on its chains: step {step + 1}/{config.chain_steps}, loss {np.mean(losses[-100:]):.3f}")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    after = raw_validity(model, noise, vocab, size_distributions, config.check_chains, check_seed)
+    tenth = max(1, len(losses) // 10)
+    return {**report, "loss_first_tenth": float(np.mean(losses[:tenth])), "loss_last_tenth": float(np.mean(losses[-tenth:])),
+            "check_chains": config.check_chains, "raw_validity_before": before, "raw_validity_after": after}
+
 
 def repair_checkpoint(
     source: str | Path, data: TrainingData, config: RepairConfig, output: str | Path | None = None,
@@ -188,7 +384,11 @@ def repair_checkpoint(
     with torch.random.fork_rng():  # the adapter's first layer starts random: seeded, so a run repeats
         torch.manual_seed(config.seed)
         model = with_repair_adapter(model, config.width, config.min_logsnr)
-    report = fit_repair_adapter(model, data, NoiseProcess.from_dict(payload["noise"]), config, log)
+    noise = NoiseProcess.from_dict(payload["noise"])
+    report = fit_repair_adapter(model, data, noise, config, log)
+    if config.chains:
+        report["own_chains"] = fit_on_chains(model, noise, Vocabulary.from_dict(payload["vocab"]),
+                                             payload["size_distributions"], config, log)
     payload["ema"] = model.state_dict()
     payload["model_config"] = model.config.to_dict()
     payload["meta"]["parameters"] = model.num_parameters()

@@ -11,7 +11,8 @@ from molgen.cli import app
 from molgen.data import prepare_dataset
 from molgen.model import DiScoConfig, DiScoFormer, kekule_features, repair_gate
 from molgen.noise import NoiseProcess
-from molgen.repair import RepairConfig, fit_repair_adapter, with_repair_adapter
+from molgen.decode import decode_raw, nearest_molecule
+from molgen.repair import RepairConfig, fit_on_chains, fit_repair_adapter, no_molecule, record_chains, with_repair_adapter
 from molgen.train import TrainConfig, Trainer, TrainingData
 
 TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
@@ -115,20 +116,24 @@ def test_fitting_the_adapter_lowers_its_loss_and_changes_nothing_else(aromatic_r
 def test_cli_repair_writes_a_model_with_the_adapter(aromatic_run, tmp_path, tiny_checkpoint):
     trainer, path = aromatic_run
     output = tmp_path / "repaired.pt"
+    arguments = ["--steps", "20", "--batch-size", "16", "--width", "8", "--chains", "30", "--chain-steps", "3",
+                 "--check-chains", "10"]
     result = CliRunner().invoke(app, ["repair", str(trainer.checkpoint_path), "--data", str(path), "-o", str(output),
-                                      "--steps", "20", "--batch-size", "16", "--width", "8"])
+                                      *arguments])
     assert result.exit_code == 0, result.output
-    assert "held-out estimates that were no molecule, the next pass made" in " ".join(result.output.split())
+    printed = " ".join(result.output.split())
+    assert "held-out estimates that were no molecule, the next pass made" in printed
+    assert "of 30 of its own chains: raw validity of 10 fresh chains" in printed
     repaired, source = load_model(output), read_checkpoint(trainer.checkpoint_path)["ema"]
     assert repaired.model.config.repair_adapter == 8 and repaired.meta["repair"]["config"]["steps"] == 20
     again = tmp_path / "again.pt"
-    CliRunner().invoke(app, ["repair", str(trainer.checkpoint_path), "--data", str(path), "-o", str(again),
-                             "--steps", "20", "--batch-size", "16", "--width", "8"])
+    CliRunner().invoke(app, ["repair", str(trainer.checkpoint_path), "--data", str(path), "-o", str(again), *arguments])
     same = read_checkpoint(again)["ema"]
     assert all(torch.equal(value, same[name]) for name, value in read_checkpoint(output)["ema"].items())  # same seed
     card = CliRunner().invoke(app, ["info", "--checkpoint", str(output)])
     text = " ".join(token for token in card.output.split() if token != "│")  # the cell as one line
     assert "width 8, acts at log-SNR >= -1.5 while the estimate is no molecule; 20 steps; mends" in text
+    assert "repair adapter: own chains" in text and "chains, 3 steps; raw validity" in text
     weights = repaired.model.state_dict()
     assert all(torch.equal(weights[name], value) for name, value in source.items())
     # A model without Kekulé features cannot have one: one line, no traceback.
@@ -160,3 +165,54 @@ def test_the_density_head_never_sees_the_adapter():
         shut = plain(x_atoms, x_bonds, batch.mask, clean, clean, dist, (x_atoms, x_bonds)).density
     assert opened[0] != shut[0] and opened[1] == shut[1]  # the odd ring opens the gate in a forward pass
     torch.testing.assert_close(log_density(repaired, batch, dist, noise), log_density(plain, batch, dist, noise))
+
+
+def one_hot_graph(types, bonds, vocab):
+    return torch.nn.functional.one_hot(types, vocab.num_atom_types).double().numpy(), \
+        torch.nn.functional.one_hot(bonds, vocab.num_bond_types).double().numpy()
+
+
+def test_nearest_molecule_keeps_a_molecule_and_mends_a_ring_by_its_likeliest_change():
+    vocab, x_atoms, x_bonds, _ = aromatic_graphs(["Cc1ccc[nH]1"])
+    atoms, bonds = x_atoms[0].argmax(-1), x_bonds[0].argmax(-1)
+    k = int((x_atoms[0].sum(-1) > 0).sum())
+    atoms, bonds = atoms[:k], bonds[:k, :k]
+    atom_probs, bond_probs = one_hot_graph(atoms, bonds, vocab)
+    found = nearest_molecule(0.9 * atom_probs + 0.01, 0.9 * bond_probs + 0.01, vocab)
+    assert (found[0] == atoms.numpy()).all() and (found[1] == bonds.numpy()).all()  # already a molecule
+    # The [nH] made an n (no Kekulé structure), with [nH] its second choice: the ring is mended by that
+    # one change and stays aromatic, where decode_constrained would make it a Kekulé ring.
+    nitrogen = int((atoms == vocab.index(("N", 0, 1))).nonzero()[0])
+    atom_probs = 0.9 * atom_probs + 0.01
+    atom_probs[nitrogen, vocab.index(("N", 0, 0))] = 0.95
+    assert not decode_raw(atom_probs, 0.9 * bond_probs + 0.01, vocab).valid
+    types, bond_ids = nearest_molecule(atom_probs, 0.9 * bond_probs + 0.01, vocab)
+    assert (types == atoms.numpy()).all() and (bond_ids == bonds.numpy()).all()
+    # Nine carbons all triple-bonded to each other are not two changes from a molecule.
+    carbon = vocab.index(("C", 0, 0))
+    nonsense = one_hot_graph(torch.full((9,), carbon), torch.full((9, 9), TRIPLE).fill_diagonal_(0), vocab)
+    assert nearest_molecule(*nonsense, vocab) is None
+
+
+def test_the_adapter_is_fine_tuned_on_the_gated_states_of_its_own_chains(aromatic_run):
+    trainer, _ = aromatic_run
+    model = with_repair_adapter(trainer.ema, 16, min_logsnr=-1.5).eval()
+    noise, vocab = NoiseProcess(), trainer.data.vocab
+    sizes = trainer.data.size_distributions()
+    config = RepairConfig(width=16, chains=40, chain_steps=5, chain_batch_size=8, check_chains=20)
+    states, report = record_chains(model, noise, vocab, sizes, config, seed=2)
+    assert report["chains"] == 40 and report["gated_states"] == len(states.chain) > 0
+    # Every state kept had the gate open: an estimate that is no molecule, at low enough noise.
+    assert no_molecule(model, states.prev_atoms, states.prev_bonds).all()
+    assert (noise.atoms.logsnr(states.t) >= -1.5).all()
+    assert (states.weights > 0).all() and states.chain.max() < 40
+    for chain in states.chain.unique().tolist():  # each chain's target is a molecule
+        k = int(states.mask[chain].sum())
+        assert decode_raw(*one_hot_graph(states.target_atoms[chain, :k], states.target_bonds[chain, :k, :k], vocab),
+                          vocab).valid
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    fitted = fit_on_chains(model, noise, vocab, sizes, config)
+    changed = {name for name, value in model.state_dict().items() if not torch.equal(before[name], value)}
+    assert changed and all(name.startswith("repair.") for name in changed)
+    assert fitted["gated_states"] > 0 and 0.0 <= fitted["raw_validity_after"] <= 1.0
+    assert not any(parameter.requires_grad for parameter in model.parameters())
