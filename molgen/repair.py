@@ -163,6 +163,31 @@ def adapter_parameters(model: DiScoFormer) -> list[torch.nn.Parameter]:
     return parameters
 
 
+def train_adapter(model: DiScoFormer, lr: float, steps: int, step_loss: Callable[[], torch.Tensor | None],
+                  log: Callable[[str], None], label: str) -> list[float]:
+    """Adam on the repair adapter alone for ``steps`` steps of ``step_loss()`` (None: nothing to learn
+    from this step); every parameter is frozen afterwards. Returns the losses."""
+    optimizer = torch.optim.Adam(adapter_parameters(model), lr=lr)
+    losses: list[float] = []
+    for step in range(steps):
+        loss = step_loss()
+        if loss is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        if (step + 1) % 100 == 0 and losses:
+            log(f"{label}: step {step + 1}/{steps}, loss {np.mean(losses[-100:]):.3f}")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return losses
+
+
+def loss_tenths(losses: list[float]) -> dict:
+    tenth = max(1, len(losses) // 10)
+    return {"loss_first_tenth": float(np.mean(losses[:tenth])), "loss_last_tenth": float(np.mean(losses[-tenth:]))}
+
+
 def fit_repair_adapter(
     model: DiScoFormer, data: TrainingData, noise: NoiseProcess, config: RepairConfig,
     log: Callable[[str], None] = lambda message: None,
@@ -170,7 +195,6 @@ def fit_repair_adapter(
     """Fit ``model``'s repair adapter in place on ``data``'s training molecules; returns the loss of
     the first and last tenth of the steps, how many molecules per batch opened the gate, and the
     share of gated held-out estimates that the next pass makes a molecule, before and after."""
-    optimizer = torch.optim.Adam(adapter_parameters(model), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     swaps = torch.from_numpy(data.vocab.repair_swaps("any"))
@@ -179,25 +203,17 @@ def fit_repair_adapter(
     check = np.random.default_rng(config.seed + 1).permutation(held_out)[: config.check_molecules]
     model.eval()  # no dropout to switch; eval keeps the frozen model as it samples
     mended_before, _ = mended_share(model, data, noise, config, check)
-    losses, gated = [], []
-    for step in range(config.steps):
+    gated = []
+
+    def step_loss():
         batch, dist = data.batch(rng.choice(train, config.batch_size))
         loss, count = repair_loss(model, batch, dist, noise, config, swaps, generator)
         gated.append(count)
-        if loss is None:
-            continue
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if (step + 1) % 100 == 0:
-            log(f"repair adapter: step {step + 1}/{config.steps}, loss {np.mean(losses[-100:]):.3f}")
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+        return loss
+
+    losses = train_adapter(model, config.lr, config.steps, step_loss, log, "repair adapter")
     mended_after, check_gated = mended_share(model, data, noise, config, check)
-    tenth = max(1, len(losses) // 10)
-    return {"config": config.to_dict(), "loss_first_tenth": float(np.mean(losses[:tenth])),
-            "loss_last_tenth": float(np.mean(losses[-tenth:])), "gated_per_batch": float(np.mean(gated)),
+    return {"config": config.to_dict(), **loss_tenths(losses), "gated_per_batch": float(np.mean(gated)),
             "check_molecules": len(check), "check_gated": check_gated, "mended_before": mended_before,
             "mended_after": mended_after}
 
@@ -351,24 +367,15 @@ def fit_on_chains(
     states, report = record_chains(model, noise, vocab, size_distributions, config, seed=config.seed + 2, log=log)
     if report["gated_states"] == 0:
         raise ValueError("no sampler state opened the repair gate: nothing to fine-tune on")
-    optimizer = torch.optim.Adam(adapter_parameters(model), lr=config.chain_lr)
     generator = torch.Generator().manual_seed(config.seed)
-    losses = []
-    for step in range(config.chain_steps):
+
+    def step_loss():
         rows = torch.multinomial(states.weights, config.chain_batch_size, replacement=True, generator=generator)
-        loss = chain_loss(model, noise, states, rows)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if (step + 1) % 100 == 0:
-            log(f"repair adapter on its chains: step {step + 1}/{config.chain_steps}, loss {np.mean(losses[-100:]):.3f}")
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+        return chain_loss(model, noise, states, rows)
+
+    losses = train_adapter(model, config.chain_lr, config.chain_steps, step_loss, log, "repair adapter on its chains")
     after = raw_validity(model, noise, vocab, size_distributions, config.check_chains, check_seed)
-    tenth = max(1, len(losses) // 10)
-    return {**report, "loss_first_tenth": float(np.mean(losses[:tenth])), "loss_last_tenth": float(np.mean(losses[-tenth:])),
-            "check_chains": config.check_chains, "raw_validity_before": before, "raw_validity_after": after}
+    return {**report, **loss_tenths(losses), "check_chains": config.check_chains, "raw_validity_before": before, "raw_validity_after": after}
 
 
 def repair_checkpoint(
