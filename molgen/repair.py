@@ -62,8 +62,9 @@ class RepairConfig:
     chain_steps: int = 2000
     chain_batch_size: int = 128
     chain_lr: float = 5e-4
-    # Chains that end a molecule have ~8x more gated states than are worth holding in memory: this share
-    # of them is kept, its states weighted up, so that the fine-tune sees chains as the sampler makes them.
+    # Chains that end a molecule hold about four times as many gated states as the failures (of 40,000
+    # bundled-model chains: ~620,000 against 141,000). This share of them is kept, its states weighted up,
+    # so that the fine-tune sees chains in the proportions the sampler makes them, in less memory.
     valid_chain_share: float = 0.3
     check_chains: int = 2000  # fresh chains whose raw validity is measured before and after the fine-tune
     seed: int = 0
@@ -216,6 +217,7 @@ def fit_repair_adapter(
     return {"config": config.to_dict(), **loss_tenths(losses), "gated_per_batch": float(np.mean(gated)),
             "check_molecules": len(check), "check_gated": check_gated, "mended_before": mended_before,
             "mended_after": mended_after}
+
 
 CHAINS_PER_BATCH = 500
 
