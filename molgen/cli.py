@@ -89,6 +89,11 @@ def _progress() -> Progress:
     )
 
 
+# Options several commands share (Typer only reads these declarations).
+QM9_PATH_OPTION = typer.Option(None, "--qm9-path", help="Folder or qm9.csv with qm9_test_idx.json beside it.")
+TRAINED_ON_OPTION = typer.Option(["qm9"], "--data", help="The training sets it was trained on, as for train.")
+IN_PLACE_OUTPUT_OPTION = typer.Option(None, "--output", "-o", help="Where to write (default: in place).")
+
 @app.command()
 def check(
     input: Path = typer.Argument(..., help="CSV/TSV, .smi, SDF or Parquet file (optionally .gz)."),
@@ -160,7 +165,7 @@ def data_prepare(
     source: str = typer.Argument(
         "qm9", help="'qm9' (found via --qm9-path, $MOLGEN_QM9, the cache, or --download) or a molecule file."
     ),
-    qm9_path: Optional[Path] = typer.Option(None, help="Folder or qm9.csv with qm9_test_idx.json beside it."),
+    qm9_path: Optional[Path] = QM9_PATH_OPTION,
     test_idx: Optional[Path] = typer.Option(None, help="JSON of 0-based test rows (for a molecule file)."),
     smiles_column: Optional[str] = typer.Option(None, help="SMILES column (default: a column named smiles)."),
     max_atoms: Optional[int] = typer.Option(None, min=1, help="Largest molecule kept (default: the largest seen)."),
@@ -215,7 +220,7 @@ def train(
         ..., help="Training sets, each its own distribution: 'qm9' or a molecule file (with --test-idx for its split)."
     ),
     out: Path = typer.Option(Path("runs/discoformer"), "--out", "-o", help="Run folder: checkpoint.pt, metrics.jsonl."),
-    qm9_path: Optional[Path] = typer.Option(None, help="Folder or qm9.csv with qm9_test_idx.json beside it."),
+    qm9_path: Optional[Path] = QM9_PATH_OPTION,
     epochs: int = typer.Option(20, min=1, help="Epochs; the cosine schedule spans them."),
     batch_size: int = typer.Option(256, min=2),
     lr: float = typer.Option(1e-3, min=0.0),
@@ -412,9 +417,9 @@ def _training_sets(
 @app.command()
 def distill(
     checkpoint: Path = typer.Argument(..., help="A training checkpoint (RUN/checkpoint.pt)."),
-    data: List[str] = typer.Option(["qm9"], "--data", help="The training sets it was trained on, as for train."),
-    qm9_path: Optional[Path] = typer.Option(None, help="Folder or qm9.csv with qm9_test_idx.json beside it."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: in place)."),
+    data: List[str] = TRAINED_ON_OPTION,
+    qm9_path: Optional[Path] = QM9_PATH_OPTION,
+    output: Optional[Path] = IN_PLACE_OUTPUT_OPTION,
     molecules: int = typer.Option(20_000, min=2, help="Training molecules whose ELBO becomes a target."),
     elbo_samples: int = typer.Option(32, min=2, help="Noise levels per target ELBO."),
     epochs: int = typer.Option(600, min=1, help="Passes of the head over the targets."),
@@ -452,9 +457,9 @@ def distill(
 @app.command()
 def repair(
     checkpoint: Path = typer.Argument(..., help="A checkpoint trained with --kekule-features (RUN/checkpoint.pt)."),
-    data: List[str] = typer.Option(["qm9"], "--data", help="The training sets it was trained on, as for train."),
-    qm9_path: Optional[Path] = typer.Option(None, help="Folder or qm9.csv with qm9_test_idx.json beside it."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: in place)."),
+    data: List[str] = TRAINED_ON_OPTION,
+    qm9_path: Optional[Path] = QM9_PATH_OPTION,
+    output: Optional[Path] = IN_PLACE_OUTPUT_OPTION,
     width: int = typer.Option(256, min=1, help="Hidden width of the adapter's MLP."),
     steps: int = typer.Option(5000, min=1, help="Optimizer steps."),
     batch_size: int = typer.Option(192, min=2, help="Training molecules per step."),
@@ -694,7 +699,7 @@ def evaluate(
     smiles_column: Optional[str] = typer.Option(None, help="SMILES column of --samples (default: detected)."),
     n: int = typer.Option(10_000, "-n", min=2, help="Samples to draw (the published tables use 10,000)."),
     seed: int = typer.Option(0),
-    qm9_path: Optional[Path] = typer.Option(None, help="Folder or qm9.csv with qm9_test_idx.json beside it."),
+    qm9_path: Optional[Path] = QM9_PATH_OPTION,
     density_molecules: int = typer.Option(1000, min=2, help="Test molecules (and their mutants) for density metrics."),
     elbo_samples: int = typer.Option(
         256, min=2, help="Noise levels per ELBO estimate (the yardstick for Spearman and the NLL bound)."

@@ -101,8 +101,9 @@ def nearest_molecule(
     bond_probs = _symmetrise(np.asarray(bond_probs, dtype=np.float64))
     types, bonds = argmax_graph(atom_probs, bond_probs)
 
+    eye_atoms, eye_bonds = np.eye(vocab.num_atom_types), np.eye(vocab.num_bond_types)
+
     def is_molecule(new_types: np.ndarray, new_bonds: np.ndarray) -> bool:
-        eye_atoms, eye_bonds = np.eye(vocab.num_atom_types), np.eye(vocab.num_bond_types)
         return decode_raw(eye_atoms[new_types], eye_bonds[new_bonds], vocab).valid
 
     if is_molecule(types, bonds):

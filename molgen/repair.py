@@ -325,8 +325,9 @@ def record_chains(
             target_bonds[i, :k, :k] = torch.from_numpy(graph[1].astype(np.int64))
         for gated, *values in visited:
             rows = (gated & (weight > 0)).nonzero().squeeze(1)
-            for name, value in zip(names, (*values, rows + chains)):
-                kept[name].append(value[rows] if name != "chain" else value)
+            for name, value in zip(names, values):
+                kept[name].append(value[rows])
+            kept["chain"].append(rows + chains)
         visited.clear()
         for name, value in zip(per_chain, (mask, dist, target_atoms, target_bonds, weight)):
             per_chain[name].append(value)
