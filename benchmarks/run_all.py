@@ -7,7 +7,8 @@ part files exist, so a part can be rerun alone):
   * discoformer: ``molgen evaluate`` of the checkpoint (bundled by default): 10,000 samples at
     default settings, density metrics on 1,000 test molecules and their single-edit mutants, the
     kNN-Tanimoto scorer on the same decoys;
-  * floor: 10,000 random training molecules scored as if generated;
+  * floor: 10,000 training molecules drawn with replacement, scored as if generated (a perfect sampler
+    of the training set);
   * smiles_lm: an autoregressive SMILES Transformer of comparable size trained here on the same
     split with the DiScoFormer's budget (10 epochs, at most 35 CPU minutes; runs/smiles_lm.pt,
     resumed if interrupted), then sampled (10,000) and scored like the DiScoFormer.
@@ -107,7 +108,7 @@ def write_benchmarks_md(parts: dict) -> None:
     names = {"discoformer": "DiScoFormer (this repo, {params} parameters, {epochs} epochs, {minutes:.0f} CPU-min)",
              "smiles_lm": "SMILES Transformer reference (this repo, {params} parameters, {epochs} epochs, "
                           "{minutes:.0f} CPU-min)",
-             "floor": "floor: 10,000 random training molecules"}
+             "floor": "floor: 10,000 training molecules drawn with replacement"}
     for part in ("discoformer", "smiles_lm", "floor"):
         if part not in parts:
             continue

@@ -21,6 +21,7 @@ from molgen.evaluation.generation import (
     validity,
 )
 from molgen.evaluation.nspdk import nspdk_features, nspdk_kernel, nspdk_mmd
+from molgen.evaluation.report import ReferenceData, floor_reference
 
 SMALL = ["CCO", "CC(=O)O", "c1ccccc1", "CCN", "C1CCCCC1", "CC#N", "OC1CCOC1", "CC(C)O", "NC(=O)N", "C1=CC=CN1",
          "CCOC", "CC(=O)C", "OCC(O)CO", "C1CC1", "CN(C)C", "O=CC=O", "CC=CC", "N#CC#N", "FC(F)F", "CCCCO"]
@@ -37,6 +38,16 @@ def test_validity_uniqueness_and_novelty_have_exact_values_on_a_duplicate_laden_
     assert validity(samples) == pytest.approx(5 / 7)
     assert uniqueness(canonical) == pytest.approx(3 / 5)  # CCO three times, C, CC
     assert novelty(canonical, {"CCO"}) == pytest.approx(2 / 3)
+
+
+def test_floor_draws_training_molecules_with_replacement_as_a_perfect_generator_would():
+    train = canonicalize(SMALL)
+    data = ReferenceData(train=train, val=[], test=train, density_test=[], mutants=[], mutant_edits={}, druglike=[],
+                         druglike_source=None)
+    floor = floor_reference(data, n=60, seed=0)
+    # 60 independent draws from 20 molecules repeat themselves: at most 20 distinct, about 19 expected.
+    assert floor["samples"] == 60 and floor["validity"] == 1.0 and floor["novelty"] == 0.0
+    assert 15 / 60 <= floor["uniqueness"] <= 20 / 60
 
 
 def test_fcd_of_identical_sets_is_about_zero_and_of_different_sets_is_not():

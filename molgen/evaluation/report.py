@@ -156,9 +156,12 @@ def decoy_summary(data: ReferenceData) -> dict:
 
 
 def floor_reference(data: ReferenceData, n: int = 10_000, seed: int = 0) -> dict:
-    """``n`` random training molecules scored as if generated: what a perfect generator reaches."""
+    """``n`` training molecules drawn at random with replacement, scored as if generated: what a
+    perfect generator of the training set reaches. Drawn with replacement because a generator's
+    samples are independent: such a sampler repeats itself (10,000 draws from QM9's 114,763 training
+    molecules, about 4% repeats), so uniqueness has a ceiling below 100% for any model that fits the data."""
     rng = np.random.default_rng(seed)
-    sample = [data.train[i] for i in rng.permutation(len(data.train))[:n]]
+    sample = [data.train[i] for i in rng.integers(0, len(data.train), n)]
     return generation_metrics(sample, data.test, set(data.train) | set(data.val))
 
 
