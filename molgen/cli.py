@@ -705,6 +705,7 @@ def evaluate(
         256, min=2, help="Noise levels per ELBO estimate (the yardstick for Spearman and the NLL bound)."
     ),
     temperature: float = typer.Option(1.0, min=0.0, help="Sampler temperature, as in `molgen generate`."),
+    steps: int = typer.Option(SamplerSettings().steps, min=2, help="Predictor steps, as in `molgen generate`."),
 ) -> None:
     """Generation and density metrics against the QM9 test split, with the kNN-Tanimoto reference."""
     from molgen.evaluation.generation import generation_metrics
@@ -722,7 +723,7 @@ def evaluate(
     started = time.perf_counter()
     if samples is None:
         with console.status("evaluating") as status:
-            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, SamplerSettings(temperature=temperature),
+            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, SamplerSettings(steps=steps, temperature=temperature),
                                           log=status.update)
         report["checkpoint"] = str(checkpoint or "bundled")
     else:

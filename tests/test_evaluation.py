@@ -134,7 +134,7 @@ def test_cli_evaluate_writes_a_complete_report_for_a_checkpoint(tiny_checkpoint,
     out = tmp_path / "report.json"
     result = CliRunner().invoke(app, [
         "evaluate", "--checkpoint", str(tiny_checkpoint), "--qm9-path", str(qm9), "-n", "24",
-        "--density-molecules", "20", "--elbo-samples", "2", "-o", str(out),
+        "--density-molecules", "20", "--elbo-samples", "2", "--steps", "12", "-o", str(out),
     ])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -148,7 +148,7 @@ def test_cli_evaluate_writes_a_complete_report_for_a_checkpoint(tiny_checkpoint,
     assert np.isfinite(density["nll_bound_test"]["mean"])
     assert density["calibration_test"]["molecules"] > 0
     assert -1 <= density["spearman_density_elbo_pooled"] <= 1
-    assert report["generation"]["sampler"]["temperature"] == 1.0
+    assert report["generation"]["sampler"]["temperature"] == 1.0 and report["generation"]["sampler"]["steps"] == 12
     assert "Spearman(D, ELBO)" in result.output and "FCD vs test" in result.output
 
 
