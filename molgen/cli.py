@@ -723,8 +723,8 @@ def evaluate(
     started = time.perf_counter()
     if samples is None:
         with console.status("evaluating") as status:
-            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, SamplerSettings(steps=steps, temperature=temperature),
-                                          log=status.update)
+            sampler = SamplerSettings(steps=steps, temperature=temperature)
+            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, sampler, log=status.update)
         report["checkpoint"] = str(checkpoint or "bundled")
     else:
         with console.status(f"evaluating {len(sample_smiles):,} molecules of {samples}"):
