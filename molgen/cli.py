@@ -94,6 +94,7 @@ QM9_PATH_OPTION = typer.Option(None, "--qm9-path", help="Folder or qm9.csv with 
 TRAINED_ON_OPTION = typer.Option(["qm9"], "--data", help="The training sets it was trained on, as for train.")
 IN_PLACE_OUTPUT_OPTION = typer.Option(None, "--output", "-o", help="Where to write (default: in place).")
 
+
 @app.command()
 def check(
     input: Path = typer.Argument(..., help="CSV/TSV, .smi, SDF or Parquet file (optionally .gz)."),
@@ -467,7 +468,7 @@ def repair(
         -1.5, help="The adapter acts only at this log-SNR or above (less noise), where estimates can be molecules."),
     chains: int = typer.Option(
         0, min=0, help="Then fine-tune the adapter on the gated states of this many of its own sampler chains (0: "
-        "none). More raw validity, less uniqueness; 40,000 take about 15 minutes and 3 GB on a 2-core CPU."),
+        "none). More raw validity, less uniqueness; 40,000 take 20-26 minutes and 2-3.3 GB on a 2-core CPU."),
     chain_steps: int = typer.Option(2000, min=1, help="Optimizer steps of the fine-tune on the chains."),
     check_chains: int = typer.Option(2000, min=1, help="Fresh chains whose raw validity is reported before and after."),
     seed: int = typer.Option(0),
@@ -526,7 +527,7 @@ def generate(
     output: Path = typer.Option(..., "--output", "-o", help="Output .csv/.tsv (optionally .gz) or .parquet."),
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (default: the bundled QM9 model)."),
     seed: int = typer.Option(0, help="Same seed and options, same molecules (on CPU)."),
-    steps: int = typer.Option(100, min=2, help="Predictor steps."),
+    steps: int = typer.Option(SamplerSettings().steps, min=2, help="Predictor steps."),
     corrector_steps: int = typer.Option(0, min=0, help="Langevin corrector moves per step."),
     snr: float = typer.Option(0.1, min=0.0, help="Target signal-to-noise ratio of the corrector."),
     mala: bool = typer.Option(False, help="Metropolis-adjust the corrector with the density head."),

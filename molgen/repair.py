@@ -378,7 +378,8 @@ def fit_on_chains(
 
     losses = train_adapter(model, config.chain_lr, config.chain_steps, step_loss, log, "repair adapter on its chains")
     after = raw_validity(model, noise, vocab, size_distributions, config.check_chains, check_seed)
-    return {**report, **loss_tenths(losses), "check_chains": config.check_chains, "raw_validity_before": before, "raw_validity_after": after}
+    return {**report, **loss_tenths(losses), "check_chains": config.check_chains, "raw_validity_before": before,
+            "raw_validity_after": after}
 
 
 def repair_checkpoint(
