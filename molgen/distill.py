@@ -109,6 +109,14 @@ class DistillationTargets:
     check_repeat_elbos: torch.Tensor
 
 
+def pilot_proposal(model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, rows: np.ndarray,
+                   generator: torch.Generator) -> torch.Tensor:
+    """The ELBO's importance proposal (:func:`molgen.likelihood.importance_proposal`) on ``rows``."""
+    device = next(model.parameters()).device
+    pilot, pilot_dist = batch_of(rows)
+    return importance_proposal(model, pilot.to(device), pilot_dist.to(device), noise, generator=generator)
+
+
 def distillation_targets(
     model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, target_rows: np.ndarray, check_rows: np.ndarray,
     size_log_probs: torch.Tensor, config: DistillConfig, log: Callable[[str], None] = lambda message: None,
@@ -118,9 +126,7 @@ def distillation_targets(
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model.eval()
-    pilot, pilot_dist = batch_of(target_rows[: config.pilot_molecules])
-    pilot, pilot_dist = pilot.to(device), pilot_dist.to(device)
-    proposal = importance_proposal(model, pilot, pilot_dist, noise, generator=generator)
+    proposal = pilot_proposal(model, noise, batch_of, target_rows[: config.pilot_molecules], generator)
     log("importance proposal estimated")
     states, masks, elbos = clean_states_and_elbo(model, noise, batch_of, target_rows, size_log_probs,
                                                  config.elbo_samples, proposal, generator, config.elbo_rows)
@@ -249,5 +255,52 @@ def distill_checkpoint(
     payload["meta"]["parameters"] = model.num_parameters()
     payload["elbo_proposal"] = report["proposal"]
     payload["meta"]["distillation"] = {key: value for key, value in report.items() if key != "proposal"}
+    save_checkpoint(payload, output or source)
+    return report
+
+
+def elbo_spread(model: DiScoFormer, noise: NoiseProcess, batch_of: BatchOf, rows: np.ndarray,
+                size_log_probs: torch.Tensor, samples: int, proposal: torch.Tensor | None, seed: int,
+                max_rows: int = MAX_ELBO_ROWS) -> float:
+    """Monte-Carlo standard deviation of one ``samples``-level ELBO of the molecules ``rows`` (root mean
+    over molecules), from two independent estimates of each."""
+    estimates = [clean_states_and_elbo(model, noise, batch_of, rows, size_log_probs, samples, proposal,
+                                       torch.Generator(device=next(model.parameters()).device).manual_seed(seed + k),
+                                       max_rows)[2] for k in (0, 1)]
+    return float(((estimates[0] - estimates[1]) ** 2).mean().div(2).sqrt())
+
+
+def refit_elbo_proposal(
+    source: str | Path, data: TrainingData, config: DistillConfig, output: str | Path | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Re-estimate the importance proposal of the checkpoint ``source`` (trained on ``data``) on
+    ``config.pilot_molecules`` training molecules, everything else kept, and write it to ``output``
+    (default: in place, atomically). Returns the ELBO's spread on ``config.check_molecules`` held-out
+    molecules at ``config.check_samples`` levels under the old proposal and the new one."""
+    payload = read_checkpoint(source)
+    if payload["meta"]["data_fingerprints"] != data.fingerprints:
+        raise ValueError("the checkpoint was trained on other data (fingerprints differ)")
+    model = DiScoFormer(DiScoConfig.from_dict(payload["model_config"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()})
+    model.eval().to(config.device)
+    noise = NoiseProcess.from_dict(payload["noise"])
+    size_log_probs = torch.log(torch.tensor(payload["size_distributions"], dtype=torch.float32) + 1e-12).to(
+        config.device)
+
+    pilot = np.random.default_rng(config.seed).permutation(data.indices("train"))[: config.pilot_molecules]
+    held_out = data.indices("val") if len(data.indices("val")) else data.indices("test")
+    check = np.random.default_rng(config.seed + 1).permutation(held_out)[: config.check_molecules]
+    old = torch.tensor(payload["elbo_proposal"]) if payload.get("elbo_proposal") else None
+    generator = torch.Generator(device=config.device).manual_seed(config.seed)
+    proposal = pilot_proposal(model, noise, data.batch, pilot, generator).cpu()
+    log("importance proposal estimated; measuring the ELBO's spread under both")
+    report = {"pilot_molecules": int(len(pilot)), "check_molecules": int(len(check)),
+              "check_samples": config.check_samples, "seed": config.seed}
+    for name, weights in (("before", old), ("after", proposal)):
+        report[f"elbo_sd_{name}"] = elbo_spread(model, noise, data.batch, check, size_log_probs, config.check_samples,
+                                                weights, config.seed + 2, config.elbo_rows)
+    payload["elbo_proposal"] = proposal.tolist()
+    payload["meta"]["elbo_proposal"] = report
     save_checkpoint(payload, output or source)
     return report

@@ -18,7 +18,6 @@ instead of 50 nats (8 samples). At log-SNR 5 the reconstruction term is still ~0
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -142,7 +141,7 @@ def elbo(
     The chain starts at log-SNR ``clean_logsnr`` (None: the schedule's top) and the
     ``num_samples`` times are stratified over the rest of [0, 1] under ``proposal`` (importance
     weights of equal-width time bins, see :func:`importance_proposal`; None: uniform), so the
-    estimate is unbiased; the standard error treats the K draws as independent (conservative).
+    estimate is unbiased; its standard error is :func:`stratified_stderr`'s.
     ``max_rows`` bounds molecules x levels per forward call: memory against per-call overhead.
     """
     t_start = start_time(noise, clean_logsnr)
@@ -164,8 +163,24 @@ def elbo(
         chunks.append(values.view(k, size).T / density[:, start : start + k])
     diffusion = torch.cat(chunks, dim=1)  # (B, K)
     estimate = constant + diffusion.mean(dim=1)
-    stderr = diffusion.std(dim=1) / math.sqrt(num_samples) if num_samples > 1 else torch.zeros_like(estimate)
-    return estimate, stderr
+    return estimate, stratified_stderr(diffusion)
+
+
+def stratified_stderr(values: torch.Tensor) -> torch.Tensor:
+    """Standard error (B,) of the mean of (B, K) draws, one per stratum in stratum order: each pair of
+    neighbouring strata is taken as one stratum sampled twice (the collapsed-strata estimator). The
+    strata's means differ, so it errs high, but far less than treating the draws as independent, which
+    counts the spread between strata that stratifying removed. For the bundled model's 256-level ELBO
+    of 200 QM9 test molecules, whose estimates varied by 0.61 nats (root mean square of the SD over 6
+    seeds), that formula said 1.05 and this one says 0.62."""
+    size, k = values.shape
+    if k < 2:
+        return torch.zeros(size, dtype=values.dtype, device=values.device)
+    pairs = values[:, : k // 2 * 2].reshape(size, k // 2, 2)
+    # Each pair's squared difference estimates the variance of the pair's sum; an odd last draw is
+    # covered by scaling the pairs' total up to all K draws.
+    variance_of_sum = (pairs[..., 0] - pairs[..., 1]).pow(2).sum(1) * (k / (k // 2 * 2))
+    return variance_of_sum.sqrt() / k
 
 
 @torch.no_grad()
@@ -173,20 +188,32 @@ def importance_proposal(
     model, batch: GraphBatch, dist: torch.Tensor, noise: NoiseProcess, bins: int = 32, draws_per_bin: int = 4,
     generator: torch.Generator | None = None, clean_logsnr: float | None = CLEAN_LOGSNR, floor: float = 0.1,
 ) -> torch.Tensor:
-    """Bin weights for :func:`elbo`'s ``proposal``: sqrt of the mean squared integrand per time bin
-    on ``batch`` (the variance-optimal importance density, piecewise constant), mixed with a
-    ``floor`` share of uniform so that no bin is starved."""
+    """Bin weights for :func:`elbo`'s ``proposal``: the integrand's standard deviation within each time
+    bin on ``batch`` (root mean over molecules of each one's variance over ``draws_per_bin`` draws),
+    mixed with a ``floor`` share of uniform so that no bin is starved.
+
+    :func:`elbo` stratifies its levels over the proposal, so a bin's mean adds no variance, only the
+    spread within it does, and the variance-optimal share of levels per bin is proportional to that
+    spread (Neyman allocation). Weights from the root mean square, mean included, put most levels
+    where the integrand is large (log-SNR -1 to 2) and left the clean end, where rare confident
+    mistakes carry large weights, at the floor: on the bundled QM9 model this allocation has 1.8x
+    less variance per level (measured on 100 test molecules, 32 bins x 8 draws)."""
+    if draws_per_bin < 2:
+        raise ValueError("draws_per_bin must be at least 2 to measure the spread within a bin")
     t_start = start_time(noise, clean_logsnr)
     x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
     size = batch.mask.shape[0]
-    second_moment = torch.zeros(bins)
+    within_variance = torch.zeros(bins, dtype=torch.float64)
     for b in range(bins):
+        draws = []
         for _ in range(draws_per_bin):
             within = torch.rand(size, generator=generator, device=x_atoms.device)
             t = t_start + (1.0 - t_start) * (b + within) / bins
-            f = diffusion_integrand(model, x_atoms, x_bonds, batch.mask, t, dist, noise, generator)
-            second_moment[b] += (f.double() ** 2).mean().item() / draws_per_bin
-    weights = second_moment.sqrt()
+            draws.append(diffusion_integrand(model, x_atoms, x_bonds, batch.mask, t, dist, noise, generator).double())
+        within_variance[b] = torch.stack(draws, 1).var(1).mean().cpu()
+    weights = within_variance.sqrt().float()
+    if weights.sum() == 0:  # no spread anywhere (a model that predicts nothing): any allocation is as good
+        return torch.full((bins,), 1.0 / bins)
     weights = weights / weights.sum()
     return (1 - floor) * weights + floor / bins
 

@@ -195,6 +195,32 @@ def test_elbo_is_finite_with_standard_errors_and_sensible_constants(setup):
     assert (estimate > constants).all()
 
 
+def test_stratified_stderr_counts_the_spread_within_strata_not_between_them():
+    from molgen.likelihood import stratified_stderr
+
+    generator = torch.Generator().manual_seed(0)
+    k = 256
+    trend = 10.0 * torch.arange(k) / k  # strata means that differ, as the integrand's do over noise levels
+    values = trend + torch.randn(400, k, generator=generator)  # unit noise within each stratum
+    truth = 1.0 / math.sqrt(k)  # the mean's standard error: only the within-stratum noise varies
+    assert abs(stratified_stderr(values).mean().item() / truth - 1) < 0.05
+    assert (values.std(1) / math.sqrt(k)).mean().item() > 1.5 * truth  # the independent-draws formula
+    odd = stratified_stderr(values[:, :7])
+    assert odd.shape == (400,) and torch.isfinite(odd).all() and (odd > 0).all()
+    assert torch.equal(stratified_stderr(values[:, :1]), torch.zeros(400))
+
+
+def test_elbo_standard_error_matches_the_spread_of_its_estimates(setup):
+    vocab, batch, model = setup
+    dist = torch.zeros(len(SMILES), dtype=torch.long)
+    size_log_probs = torch.log(torch.full((10,), 0.1))
+    runs = [elbo(model, batch, dist, NoiseProcess(), size_log_probs, 32, torch.Generator().manual_seed(s)) for s in range(12)]
+    spread = torch.stack([estimate for estimate, _ in runs]).std(0)
+    reported = torch.stack([stderr for _, stderr in runs]).pow(2).mean(0).sqrt()
+    ratio = reported.pow(2).mean().sqrt() / spread.pow(2).mean().sqrt()
+    assert 0.6 < ratio < 1.6, ratio
+
+
 def test_save_then_load_gives_identical_outputs(setup, tmp_path):
     vocab, batch, model = setup
     noise = NoiseProcess()
@@ -241,6 +267,26 @@ def test_elbo_under_an_importance_proposal_agrees_with_the_uniform_one_on_averag
     weighted = [elbo(model, batch, dist, NoiseProcess(), size_log_probs, 32, torch.Generator().manual_seed(s),
                      proposal=proposal)[0] for s in range(6)]
     assert torch.allclose(torch.stack(uniform).mean(0), torch.stack(weighted).mean(0), rtol=0.1)
+
+
+def test_importance_proposal_spends_levels_where_the_integrand_spreads_not_where_it_is_large(setup, monkeypatch):
+    import molgen.likelihood as likelihood
+
+    vocab, batch, model = setup
+    dist = torch.zeros(len(SMILES), dtype=torch.long)
+
+    def integrand(model, x_atoms, x_bonds, mask, t, dist, noise, generator):
+        # Large but certain at the noisy half of the bins, small and random at the clean half: stratified
+        # levels learn nothing more from the first, so they belong in the second.
+        return torch.where(t < 0.5, torch.full_like(t, 100.0), torch.randn(t.shape, generator=generator))
+
+    monkeypatch.setattr(likelihood, "diffusion_integrand", integrand)
+    proposal = likelihood.importance_proposal(model, batch, dist, NoiseProcess(), bins=8, draws_per_bin=4,
+                                              generator=torch.Generator().manual_seed(0), clean_logsnr=None)
+    assert torch.allclose(proposal[:4], torch.full((4,), 0.1 / 8))  # the uniform floor alone
+    assert math.isclose(proposal[4:].sum().item(), 0.9 + 0.05, rel_tol=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        likelihood.importance_proposal(model, batch, dist, NoiseProcess(), bins=8, draws_per_bin=1)
 
 
 def test_elbo_gives_the_same_estimate_whether_levels_share_a_forward_call_or_not(setup):

@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 
 import pandas as pd
@@ -393,9 +394,27 @@ def test_train_cli_end_to_end(tmp_path):
     assert refit.meta["distillation"]["config"]["elbo_rows"] == 24 and refit.meta["distillation"]["config"]["batch_size"] == 16
     card = CliRunner().invoke(app, ["info", "--checkpoint", str(distilled)])
     assert "50 x 2 levels, 3 passes on cpu" in " ".join(card.output.split())
+    # The last epoch's Spearman was measured on the head the distillation replaced: the card leaves it out.
+    assert "spearman_density_elbo" in refit.metrics and "last epoch: spearman" not in card.output
+    assert "last epoch: spearman" in CliRunner().invoke(app, ["info", "--checkpoint", str(out / "checkpoint.pt")]).output
     assert refit.model.config.density_atom_terms and not loaded.model.config.density_atom_terms
     bad = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--device", "cuda:7"])
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
+    # --proposal-only re-estimates the importance proposal and nothing else, and says what it bought.
+    reweighted = tmp_path / "reweighted.pt"
+    result = CliRunner().invoke(app, ["distill", str(distilled), "--data", str(source), "-o", str(reweighted),
+                                      "--proposal-only"])
+    assert result.exit_code == 0, result.output
+    assert "ELBO importance proposal re-estimated on" in result.output and "nats (SD)" in result.output
+    again = load_model(reweighted)
+    assert len(again.elbo_proposal) == 32 and not torch.allclose(again.elbo_proposal, refit.elbo_proposal)
+    assert math.isclose(again.elbo_proposal.sum().item(), 1.0, rel_tol=1e-5)
+    record = again.meta["elbo_proposal"]
+    assert record["elbo_sd_before"] > 0 and record["elbo_sd_after"] > 0 and record["check_molecules"] > 0
+    assert again.meta["distillation"] == refit.meta["distillation"] and again.calibration == refit.calibration
+    assert all(torch.equal(value, refit.model.state_dict()[key]) for key, value in again.model.state_dict().items())
+    card = CliRunner().invoke(app, ["info", "--checkpoint", str(reweighted)])
+    assert f"re-estimated on {record['pilot_molecules']:,} training molecules" in " ".join(card.output.split())
     # Distilled in place, the run's checkpoint has another density head: resuming says so, no traceback.
     distilled_run = tmp_path / "distilled_run"
     distilled_run.mkdir()
