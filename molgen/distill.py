@@ -287,7 +287,6 @@ def refit_elbo_proposal(
     noise = NoiseProcess.from_dict(payload["noise"])
     size_log_probs = torch.log(torch.tensor(payload["size_distributions"], dtype=torch.float32) + 1e-12).to(
         config.device)
-
     pilot = np.random.default_rng(config.seed).permutation(data.indices("train"))[: config.pilot_molecules]
     held_out = data.indices("val") if len(data.indices("val")) else data.indices("test")
     check = np.random.default_rng(config.seed + 1).permutation(held_out)[: config.check_molecules]
