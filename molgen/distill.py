@@ -214,6 +214,28 @@ def with_mutants(data: TrainingData, count: int, seed: int) -> tuple[BatchOf, np
     return batch_of, len(data.sizes) + np.arange(len(chosen))
 
 
+def read_frozen_model(source: str | Path, data: TrainingData, device: str):
+    """The checkpoint ``source`` (trained on ``data``): its payload, its EMA model on ``device``, its
+    noise process and its log p(n) tables on ``device``."""
+    payload = read_checkpoint(source)
+    if payload["meta"]["data_fingerprints"] != data.fingerprints:
+        raise ValueError("the checkpoint was trained on other data (fingerprints differ)")
+    model = DiScoFormer(DiScoConfig.from_dict(payload["model_config"]))
+    model.load_state_dict(payload["ema"])  # copied into float32 parameters, also from a float16 export
+    size_log_probs = torch.log(torch.tensor(payload["size_distributions"], dtype=torch.float32) + 1e-12)
+    return payload, model.to(device), NoiseProcess.from_dict(payload["noise"]), size_log_probs.to(device)
+
+
+def held_out_rows(data: TrainingData) -> np.ndarray:
+    """The validation molecules, or the test ones where there are none."""
+    return data.indices("val") if len(data.indices("val")) else data.indices("test")
+
+
+def check_molecules_of(held_out: np.ndarray, config: DistillConfig) -> np.ndarray:
+    """The ``config.check_molecules`` of ``held_out`` that a distillation is judged on."""
+    return np.random.default_rng(config.seed + 1).permutation(held_out)[: config.check_molecules]
+
+
 def distill_checkpoint(
     source: str | Path, data: TrainingData, config: DistillConfig, output: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
@@ -221,19 +243,11 @@ def distill_checkpoint(
     """Distil the ELBO into the EMA density head of the training checkpoint ``source`` (trained on
     ``data``), recompute its calibration quantiles on all held-out molecules, store the importance
     proposal for later ELBOs, and write the result to ``output`` (default: in place, atomically)."""
-    payload = read_checkpoint(source)
-    if payload["meta"]["data_fingerprints"] != data.fingerprints:
-        raise ValueError("the checkpoint was trained on other data (fingerprints differ)")
-    model = DiScoFormer(DiScoConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["ema"])
+    payload, model, noise, size_log_probs = read_frozen_model(source, data, config.device)
     if config.atom_terms:
-        model = with_atom_terms(model)
-    model.to(config.device)
-    noise = NoiseProcess.from_dict(payload["noise"])
-    size_log_probs = torch.log(torch.tensor(payload["size_distributions"], dtype=torch.float32) + 1e-12).to(
-        config.device)
-    held_out = data.indices("val") if len(data.indices("val")) else data.indices("test")
-    check = np.random.default_rng(config.seed + 1).permutation(held_out)[: config.check_molecules]
+        model = with_atom_terms(model).to(config.device)
+    held_out = held_out_rows(data)
+    check = check_molecules_of(held_out, config)
     batch_of, mutant_rows = with_mutants(data, int(config.mutant_share * config.molecules), config.seed)
     log(f"{len(mutant_rows):,} single-edit mutants of training molecules added to the targets")
     real_rows = np.random.default_rng(config.seed).permutation(data.indices("train"))
@@ -278,18 +292,10 @@ def refit_elbo_proposal(
     ``config.pilot_molecules`` training molecules, everything else kept, and write it to ``output``
     (default: in place, atomically). Returns the ELBO's spread on ``config.check_molecules`` held-out
     molecules at ``config.check_samples`` levels under the old proposal and the new one."""
-    payload = read_checkpoint(source)
-    if payload["meta"]["data_fingerprints"] != data.fingerprints:
-        raise ValueError("the checkpoint was trained on other data (fingerprints differ)")
-    model = DiScoFormer(DiScoConfig.from_dict(payload["model_config"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["ema"].items()})
-    model.eval().to(config.device)
-    noise = NoiseProcess.from_dict(payload["noise"])
-    size_log_probs = torch.log(torch.tensor(payload["size_distributions"], dtype=torch.float32) + 1e-12).to(
-        config.device)
+    payload, model, noise, size_log_probs = read_frozen_model(source, data, config.device)
+    model.eval()
     pilot = np.random.default_rng(config.seed).permutation(data.indices("train"))[: config.pilot_molecules]
-    held_out = data.indices("val") if len(data.indices("val")) else data.indices("test")
-    check = np.random.default_rng(config.seed + 1).permutation(held_out)[: config.check_molecules]
+    check = check_molecules_of(held_out_rows(data), config)
     old = torch.tensor(payload["elbo_proposal"]) if payload.get("elbo_proposal") else None
     generator = torch.Generator(device=config.device).manual_seed(config.seed)
     proposal = pilot_proposal(model, noise, data.batch, pilot, generator).cpu()
