@@ -167,6 +167,9 @@ def write_benchmarks_md(parts: dict) -> None:
             pooled_ceiling = (2 * density["elbo_repeatability_spearman"] / (1 + density["elbo_repeatability_spearman"])) ** 0.5
             lines += [f"Against the mean of both estimates ({2 * density['elbo_samples']} levels) the head reaches",
                       f"{fmt(density['spearman_density_elbo_pooled'], '3')}, where the exact ELBO would reach about {fmt(pooled_ceiling, '2')}."]
+        if density.get("spearman_density_elbo_corrected") is not None:
+            lines += ["Corrected for that noise (Spearman's correction for attenuation), the head against the exact ELBO:",
+                      f"{fmt(density['spearman_density_elbo_corrected'], '3')}."]
         lines += [
             "Calibration of `density_percentile` over all 13,082 test molecules: "
             f"{fmt(density['calibration_test']['share_below_5th'], 'percent')} fall below the 5th percentile (ideal 5%),",

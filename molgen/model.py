@@ -14,7 +14,8 @@ Heads:
     (``density_atom_terms``) plus a per-atom term summed over the atoms. The ELBO it learns is a sum
     over atoms and pairs, and a sum read-out fits it better than one [CLS] vector: refit on the same
     20,000 QM9 targets, Spearman with the ELBO 0.655 -> 0.708 and AUROC against single-edit
-    mutants 0.752 -> 0.826.
+    mutants 0.752 -> 0.826. D may average several such heads (``density_members``), each distilled
+    from its own ELBO targets: their fitting errors partly cancel.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class DiScoConfig:
     kekule_features: bool = False  # whether the previous estimate's aromatic bonds can be kekulized, per atom
     density_scale: float = 10.0  # the density head's raw output times this is nats
     density_atom_terms: bool = False  # D also sums a per-atom term over the final atom states
+    # D is the mean of this many heads (each [CLS] plus atom terms). Members past the first are fit
+    # by distillation, each on its own ELBO targets, so their errors partly cancel (molgen distill
+    # --add-member).
+    density_members: int = 1
     # Hidden width of the repair adapter (0: none): an MLP over each atom's inputs added to its
     # embedding only where the previous estimate's graph is no molecule (see repair_gate) and the
     # atoms' log-SNR is at least repair_min_logsnr (noisier estimates are never molecules).
@@ -338,6 +343,18 @@ class PairLayout:
         return torch.cat([pairs, pairs.new_zeros(pairs.shape[0], 1, pairs.shape[2])], dim=1)[:, self.square]
 
 
+def _density_member_heads(d: int, atom_terms: bool) -> tuple[nn.Module, nn.Module | None]:
+    """One density member: an MLP on the [CLS] state and, with ``atom_terms``, one per atom state."""
+    cls_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
+    if not atom_terms:
+        return cls_head, None
+    atom_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
+    # Zero at first, so that adding the atom terms to a trained model leaves its D unchanged.
+    nn.init.zeros_(atom_head[-1].weight)
+    nn.init.zeros_(atom_head[-1].bias)
+    return cls_head, atom_head
+
+
 class DiScoFormer(nn.Module):
     def __init__(self, config: DiScoConfig):
         super().__init__()
@@ -373,12 +390,12 @@ class DiScoFormer(nn.Module):
         self.bond_left = nn.Linear(d, dp)
         self.bond_right = nn.Linear(d, dp)
         self.bond_head = nn.Sequential(nn.LayerNorm(dp), nn.Linear(dp, dp), nn.GELU(), nn.Linear(dp, b))
-        self.density_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
-        if config.density_atom_terms:
-            self.density_atom_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
-            # Zero at first, so that adding the atom terms to a trained model leaves its D unchanged.
-            nn.init.zeros_(self.density_atom_head[-1].weight)
-            nn.init.zeros_(self.density_atom_head[-1].bias)
+        self.density_head, atom_head = _density_member_heads(d, config.density_atom_terms)
+        if atom_head is not None:
+            self.density_atom_head = atom_head
+        self.density_extra_members = nn.ModuleList(
+            nn.ModuleList(head for head in _density_member_heads(d, config.density_atom_terms) if head is not None)
+            for _ in range(config.density_members - 1))
         # Running mean of the density targets (nats), kept by the trainer: the head then learns
         # differences between molecules (tens of nats) instead of chasing a level that falls from
         # thousands of nats to tens while the score head trains.
@@ -467,17 +484,37 @@ class DiScoFormer(nn.Module):
             h, pairs = block(h, pairs, key_mask, layout, time, update_pairs=final_pairs or index < last)
         return self.final_norm(h), layout.unpack(pairs) if final_pairs else None
 
-    def density_of(self, final_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The density head on final token states (B, 2 + N, d) with the atom mask (B, N): D in nats."""
-        raw = self.density_head(final_states[:, 1]).squeeze(-1)
-        if self.config.density_atom_terms:
-            raw = raw + (self.density_atom_head(final_states[:, 2:]).squeeze(-1) * mask).sum(1)
-        return raw * self.config.density_scale + self.density_offset
+    def density_members(self) -> list[list[nn.Module]]:
+        """Each member of the density head: its [CLS] head, then its per-atom head if it has terms."""
+        first = [self.density_head] + ([self.density_atom_head] if self.config.density_atom_terms else [])
+        return [first] + [list(member) for member in self.density_extra_members]
 
-    def density_parameters(self) -> list[nn.Parameter]:
-        """The parameters of the density head, its per-atom terms included."""
-        heads = [self.density_head] + ([self.density_atom_head] if self.config.density_atom_terms else [])
-        return [parameter for head in heads for parameter in head.parameters()]
+    def density_of(self, final_states: torch.Tensor, mask: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """The density head on final token states (B, 2 + N, d) with the atom mask (B, N): D in nats,
+        the mean over its members, or ``member``'s alone."""
+        members = self.density_members()
+        chosen = members if member is None else [members[member]]
+        raw = 0.0
+        for heads in chosen:
+            raw = raw + heads[0](final_states[:, 1]).squeeze(-1)
+            if len(heads) > 1:
+                raw = raw + (heads[1](final_states[:, 2:]).squeeze(-1) * mask).sum(1)
+        return raw / len(chosen) * self.config.density_scale + self.density_offset
+
+    def density_parameters(self, member: int | None = None) -> list[nn.Parameter]:
+        """The parameters of the density head (every member, or ``member``'s), per-atom terms included."""
+        members = self.density_members()
+        chosen = members if member is None else [members[member]]
+        return [parameter for heads in chosen for head in heads for parameter in head.parameters()]
+
+    def with_density_member(self) -> "DiScoFormer":
+        """This model with one more density member, fresh as the constructor makes it, every weight
+        carried over. D changes: the new member counts once it is fit (``molgen distill --add-member``)."""
+        upgraded = DiScoFormer(replace(self.config, density_members=self.config.density_members + 1))
+        missing, unexpected = upgraded.load_state_dict(self.state_dict(), strict=False)
+        new_prefix = f"density_extra_members.{self.config.density_members - 1}."
+        assert not unexpected and all(key.startswith(new_prefix) for key in missing), (missing, unexpected)
+        return upgraded
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -32,6 +32,25 @@ def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path)
     assert abs(float(model.density_offset) + report["train_target_mean_nats"]) < 1e-4
 
 
+def test_adding_a_member_fits_only_that_member_under_the_given_proposal(tmp_path):
+    data = qm9_subset(tmp_path, 120, val_fraction=0.25)
+    trainer = Trainer(TrainConfig(epochs=1, batch_size=32, warmup_steps=2, model=TINY, val_molecules=10),
+                      data, tmp_path / "run")
+    trainer.fit()
+    model = with_atom_terms(trainer.ema).with_density_member()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    proposal = torch.softmax(torch.randn(32, generator=torch.Generator().manual_seed(0)), 0)
+    config = DistillConfig(molecules=80, elbo_samples=4, check_molecules=20, check_samples=4, epochs=20, add_member=True)
+    report = distill_density_head(model, trainer.noise, data.batch, data.indices("train")[:80],
+                                  data.indices("val")[:20], trainer.size_log_probs, config, proposal=proposal)
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("density_extra_members.0.") for name in changed), changed
+    assert np.allclose(report["proposal"], proposal.numpy())  # the stored proposal, not a new pilot's
+    assert report["member"] == 1 and np.isfinite(report["spearman_new_member_alone"])
+    assert np.isfinite(report["spearman_density_elbo_after"])
+
+
 def test_mutant_targets_are_new_encodable_molecules_with_their_parents_distribution(tmp_path):
     from molgen.distill import with_mutants
 

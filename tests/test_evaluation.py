@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from molgen.baselines.knn import TanimotoKNN
 from molgen.cli import app
 from molgen.evaluation.decoys import single_edit_mutants
-from molgen.evaluation.density import auroc, calibration, spearman
+from molgen.evaluation.density import auroc, calibration, spearman, spearman_against_exact
 from molgen.evaluation.generation import (
     canonicalize,
     fcd,
@@ -87,6 +87,20 @@ def test_auroc_on_known_cases():
     assert spearman(np.arange(5), np.arange(5) ** 3) == pytest.approx(1.0)
 
 
+def test_spearman_against_exact_recovers_the_correlation_a_noisy_yardstick_hides():
+    rng = np.random.default_rng(0)
+    exact = rng.normal(size=20_000)
+    scores = exact + 0.4 * rng.normal(size=exact.size)
+    estimates = exact[:, None] + 0.6 * rng.normal(size=(exact.size, 4))  # four noisy estimates of the target
+    truth = spearman(scores, exact)
+    repeatability = np.mean([spearman(estimates[:, i], estimates[:, j]) for i in range(4) for j in range(i + 1, 4)])
+    single, pooled = spearman(scores, estimates[:, 0]), spearman(scores, estimates.mean(1))
+    assert single < pooled < truth - 0.02  # the noisy yardsticks understate it, the single one most
+    assert spearman_against_exact(single, repeatability, 1) == pytest.approx(truth, abs=0.01)
+    assert spearman_against_exact(pooled, repeatability, 4) == pytest.approx(truth, abs=0.01)
+    assert spearman_against_exact(0.5, 0.0, 2) is None and spearman_against_exact(0.99, 0.5, 1) == 1.0
+
+
 def test_calibration_of_uniform_percentiles_is_near_perfect_and_of_a_spike_is_not():
     uniform = calibration(np.random.default_rng(0).uniform(0, 100, 20_000))
     assert uniform["ks_distance"] < 0.02 and uniform["share_below_5th"] == pytest.approx(0.05, abs=0.01)
@@ -148,6 +162,8 @@ def test_cli_evaluate_writes_a_complete_report_for_a_checkpoint(tiny_checkpoint,
     assert np.isfinite(density["nll_bound_test"]["mean"])
     assert density["calibration_test"]["molecules"] > 0
     assert -1 <= density["spearman_density_elbo_pooled"] <= 1
+    corrected = density["spearman_density_elbo_corrected"]
+    assert corrected is None or abs(corrected) >= abs(density["spearman_density_elbo_pooled"]) - 1e-12
     assert report["generation"]["sampler"]["temperature"] == 1.0 and report["generation"]["sampler"]["steps"] == 12
     assert "Spearman(D, ELBO)" in result.output and "FCD vs test" in result.output
 

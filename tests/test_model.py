@@ -152,6 +152,26 @@ def test_density_atom_terms_start_at_zero_and_sum_over_real_atoms_only(setup):
     assert len(set(batch.mask.sum(1).tolist())) > 1  # molecules of several sizes, so padding is exercised
 
 
+def test_a_density_member_is_added_with_every_weight_kept_and_d_is_the_members_mean(setup):
+    from molgen.distill import with_atom_terms
+
+    vocab, batch, model = setup
+    inputs, _ = clean_inputs(batch, vocab)
+    base = with_atom_terms(model).eval()
+    grown = base.with_density_member().eval()
+    assert grown.config.density_members == 2 and base.config.density_members == 1
+    with torch.no_grad():
+        output = grown(*inputs)
+        first = grown.density_of(output.final_states, batch.mask, member=0)
+        second = grown.density_of(output.final_states, batch.mask, member=1)
+        torch.testing.assert_close(first, base(*inputs).density)  # the old head is member 0, unchanged
+        torch.testing.assert_close(output.density, (first + second) / 2)
+    assert not torch.allclose(first, second)  # the new member starts fresh, not as a copy
+    own, old = {id(p) for p in grown.density_parameters(1)}, {id(p) for p in grown.density_parameters(0)}
+    assert own and old and own.isdisjoint(old)
+    assert {id(p) for p in grown.density_parameters()} == own | old
+
+
 def test_tweedie_score_is_the_exact_score_of_a_two_molecule_distribution():
     """Data = two one-hot states with equal weight. With the exact posterior mean in place of the
     model, Tweedie's formula must equal grad log p_t(z) computed by autograd."""

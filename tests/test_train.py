@@ -415,6 +415,27 @@ def test_train_cli_end_to_end(tmp_path):
     assert all(torch.equal(value, refit.model.state_dict()[key]) for key, value in again.model.state_dict().items())
     card = CliRunner().invoke(app, ["info", "--checkpoint", str(reweighted)])
     assert f"re-estimated on {record['pilot_molecules']:,} training molecules" in " ".join(card.output.split())
+    # --add-member keeps the head as member 1 and fits member 2 on fresh targets; D is their mean. The
+    # card's evaluation figures of the old head go; those of the (untouched) sampler stay.
+    carded = read_checkpoint(reweighted)
+    carded["evaluation"] = {"uniqueness": 0.97, "spearman_density_elbo": 0.8, "auroc_vs_mutants": 0.9}
+    save_checkpoint(carded, reweighted)
+    grown_path = tmp_path / "grown.pt"
+    result = CliRunner().invoke(app, ["distill", str(reweighted), "--data", str(source), "-o", str(grown_path),
+                                      "--add-member", "--molecules", "50", "--elbo-samples", "2", "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    assert "with density member 2 (alone:" in result.output
+    grown = load_model(grown_path)
+    assert grown.model.config.density_members == 2 and torch.equal(grown.elbo_proposal, again.elbo_proposal)
+    kept = {key: value for key, value in grown.model.state_dict().items() if not key.startswith("density_extra_members.")}
+    assert all(torch.equal(value, again.model.state_dict()[key]) for key, value in kept.items())
+    assert grown.meta["distillation"] == again.meta["distillation"] and grown.calibration != again.calibration
+    assert grown.evaluation == {"uniqueness": 0.97}
+    assert grown.meta["density_members"][0]["config"]["seed"] == 1  # other molecules and noise than member 1's
+    card = " ".join(CliRunner().invoke(app, ["info", "--checkpoint", str(grown_path)]).output.split())
+    assert "mean of 2 members" in card and "density member 2" in card and "50 x 2 levels on cpu" in card
+    bare = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--add-member"])
+    assert bare.exit_code == 2 and "has none: distil it once without --add-member first" in " ".join(bare.output.split())
     # Distilled in place, the run's checkpoint has another density head: resuming says so, no traceback.
     distilled_run = tmp_path / "distilled_run"
     distilled_run.mkdir()

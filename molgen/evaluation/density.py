@@ -1,5 +1,5 @@
 """Density metrics: AUROC between real molecules and decoys, calibration of density percentiles,
-rank agreement, and the NLL bound summary. Plain functions over arrays of scores."""
+rank agreement (also against an exact target known only through noisy estimates), and the NLL bound summary. Plain functions over arrays of scores."""
 
 from __future__ import annotations
 
@@ -22,6 +22,19 @@ def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
+
+
+def spearman_against_exact(against_mean: float, repeatability: float, estimates: int) -> float | None:
+    """Spearman(scores, exact target) from Spearman against the mean of ``estimates`` independent
+    noisy estimates of the target, whose single estimates agree to ``repeatability``: Spearman's
+    correction for attenuation, dividing by the square root of the mean's reliability (Spearman-Brown,
+    k r / (1 + (k - 1) r)). Noise in the yardstick lowers a correlation however good the scores; the
+    corrected figure does not depend on how many estimates were pooled. None when the estimates do not
+    agree at all; clipped to [-1, 1], which sampling error can overshoot."""
+    if not np.isfinite(against_mean) or not np.isfinite(repeatability) or repeatability <= 0:
+        return None
+    reliability = estimates * repeatability / (1 + (estimates - 1) * repeatability)
+    return float(np.clip(against_mean / np.sqrt(reliability), -1.0, 1.0))
 
 
 def calibration(percentiles: np.ndarray) -> dict:
