@@ -306,8 +306,9 @@ def distill_checkpoint(
     record = {key: value for key, value in report.items() if key != "proposal"}
     if config.add_member:
         payload["meta"]["density_members"] = payload["meta"].get("density_members", []) + [record]
-    else:
+    else:  # every member refit together: earlier members' own records no longer describe them
         payload["meta"]["distillation"] = record
+        payload["meta"].pop("density_members", None)
     save_checkpoint(payload, output or source)
     return report
 

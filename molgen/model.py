@@ -343,7 +343,7 @@ class PairLayout:
         return torch.cat([pairs, pairs.new_zeros(pairs.shape[0], 1, pairs.shape[2])], dim=1)[:, self.square]
 
 
-def _density_member_heads(d: int, atom_terms: bool) -> tuple[nn.Module, nn.Module | None]:
+def _new_density_member(d: int, atom_terms: bool) -> tuple[nn.Module, nn.Module | None]:
     """One density member: an MLP on the [CLS] state and, with ``atom_terms``, one per atom state."""
     cls_head = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
     if not atom_terms:
@@ -390,11 +390,11 @@ class DiScoFormer(nn.Module):
         self.bond_left = nn.Linear(d, dp)
         self.bond_right = nn.Linear(d, dp)
         self.bond_head = nn.Sequential(nn.LayerNorm(dp), nn.Linear(dp, dp), nn.GELU(), nn.Linear(dp, b))
-        self.density_head, atom_head = _density_member_heads(d, config.density_atom_terms)
+        self.density_head, atom_head = _new_density_member(d, config.density_atom_terms)
         if atom_head is not None:
             self.density_atom_head = atom_head
         self.density_extra_members = nn.ModuleList(
-            nn.ModuleList(head for head in _density_member_heads(d, config.density_atom_terms) if head is not None)
+            nn.ModuleList(head for head in _new_density_member(d, config.density_atom_terms) if head is not None)
             for _ in range(config.density_members - 1))
         # Running mean of the density targets (nats), kept by the trainer: the head then learns
         # differences between molecules (tens of nats) instead of chasing a level that falls from
@@ -484,7 +484,7 @@ class DiScoFormer(nn.Module):
             h, pairs = block(h, pairs, key_mask, layout, time, update_pairs=final_pairs or index < last)
         return self.final_norm(h), layout.unpack(pairs) if final_pairs else None
 
-    def density_members(self) -> list[list[nn.Module]]:
+    def density_member_heads(self) -> list[list[nn.Module]]:
         """Each member of the density head: its [CLS] head, then its per-atom head if it has terms."""
         first = [self.density_head] + ([self.density_atom_head] if self.config.density_atom_terms else [])
         return [first] + [list(member) for member in self.density_extra_members]
@@ -492,7 +492,7 @@ class DiScoFormer(nn.Module):
     def density_of(self, final_states: torch.Tensor, mask: torch.Tensor, member: int | None = None) -> torch.Tensor:
         """The density head on final token states (B, 2 + N, d) with the atom mask (B, N): D in nats,
         the mean over its members, or ``member``'s alone."""
-        members = self.density_members()
+        members = self.density_member_heads()
         chosen = members if member is None else [members[member]]
         raw = 0.0
         for heads in chosen:
@@ -503,7 +503,7 @@ class DiScoFormer(nn.Module):
 
     def density_parameters(self, member: int | None = None) -> list[nn.Parameter]:
         """The parameters of the density head (every member, or ``member``'s), per-atom terms included."""
-        members = self.density_members()
+        members = self.density_member_heads()
         chosen = members if member is None else [members[member]]
         return [parameter for heads in chosen for head in heads for parameter in head.parameters()]
 

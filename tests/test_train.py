@@ -434,6 +434,12 @@ def test_train_cli_end_to_end(tmp_path):
     assert grown.meta["density_members"][0]["config"]["seed"] == 1  # other molecules and noise than member 1's
     card = " ".join(CliRunner().invoke(app, ["info", "--checkpoint", str(grown_path)]).output.split())
     assert "mean of 2 members" in card and "density member 2" in card and "50 x 2 levels on cpu" in card
+    # A full refit fits every member together: the members' own records go, the members stay.
+    result = CliRunner().invoke(app, ["distill", str(grown_path), "--data", str(source), "-o", str(tmp_path / "refit.pt"),
+                                      "--molecules", "50", "--elbo-samples", "2", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    refit_all = load_model(tmp_path / "refit.pt")
+    assert refit_all.model.config.density_members == 2 and "density_members" not in refit_all.meta
     bare = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--add-member"])
     assert bare.exit_code == 2 and "has none: distil it once without --add-member first" in " ".join(bare.output.split())
     # Distilled in place, the run's checkpoint has another density head: resuming says so, no traceback.

@@ -1,5 +1,6 @@
 """Density metrics: AUROC between real molecules and decoys, calibration of density percentiles,
-rank agreement (also against an exact target known only through noisy estimates), and the NLL bound summary. Plain functions over arrays of scores."""
+rank agreement (also against an exact target known only through noisy estimates), and the NLL
+bound summary. Plain functions over arrays of scores."""
 
 from __future__ import annotations
 
