@@ -26,7 +26,7 @@ from _common import REPO, RESULTS, SHARED_DATA, machine
 
 from molgen.baselines.smiles_lm import SmilesLMConfig, build_vocabulary, train_smiles_lm, training_record
 from molgen.checkpoint import load_model, warm_start_seconds
-from molgen.evaluation.density import mean_with_stderr
+from molgen.evaluation.density import mean_with_stderr, reliability_of_mean
 from molgen.evaluation.generation import generation_metrics
 from molgen.evaluation.report import (
     decoy_aurocs,
@@ -163,8 +163,7 @@ def write_benchmarks_md(parts: dict) -> None:
             f"equal to the exact ELBO would reach about {fmt(density['elbo_repeatability_spearman'] ** 0.5, '2')} against",
             "one estimate."]
         if "spearman_density_elbo_pooled" in density:
-            # Spearman-Brown: the repeatability of the mean of two estimates, then its square root.
-            pooled_ceiling = (2 * density["elbo_repeatability_spearman"] / (1 + density["elbo_repeatability_spearman"])) ** 0.5
+            pooled_ceiling = reliability_of_mean(density["elbo_repeatability_spearman"], 2) ** 0.5
             lines += [f"Against the mean of both estimates ({2 * density['elbo_samples']} levels) the head reaches",
                       f"{fmt(density['spearman_density_elbo_pooled'], '3')}, where the exact ELBO would reach about {fmt(pooled_ceiling, '2')}."]
         if density.get("spearman_density_elbo_corrected") is not None:

@@ -204,11 +204,11 @@ def distill_density_head(
     size_log_probs: torch.Tensor, config: DistillConfig, log: Callable[[str], None] = lambda message: None,
     proposal: torch.Tensor | None = None,
 ) -> dict:
-    """Refit ``model``'s density head in place on the ELBOs of ``target_rows`` (with
-    ``config.add_member``: fit its last member only, under ``proposal``); returns the proposal and
-    before/after figures on ``check_rows``."""
+    """Refit ``model``'s density head in place on the ELBOs of ``target_rows`` under ``proposal`` (default:
+    a pilot's), with ``config.add_member`` only its last member; returns the proposal and before/after
+    figures on ``check_rows``."""
     targets = distillation_targets(model, noise, batch_of, target_rows, check_rows, size_log_probs, config, log,
-                                   proposal if config.add_member else None)
+                                   proposal)
     return fit_density_head(model, targets, config, model.config.density_members - 1 if config.add_member else None)
 
 

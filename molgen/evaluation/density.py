@@ -25,6 +25,12 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
+def reliability_of_mean(repeatability: float, estimates: int) -> float:
+    """Spearman-Brown: how well the mean of ``estimates`` independent estimates, whose single estimates
+    agree to ``repeatability``, agrees with another such mean: k r / (1 + (k - 1) r)."""
+    return estimates * repeatability / (1 + (estimates - 1) * repeatability)
+
+
 def spearman_against_exact(against_mean: float, repeatability: float, estimates: int) -> float | None:
     """Spearman(scores, exact target) from Spearman against the mean of ``estimates`` independent
     noisy estimates of the target, whose single estimates agree to ``repeatability``: Spearman's
@@ -34,8 +40,7 @@ def spearman_against_exact(against_mean: float, repeatability: float, estimates:
     agree at all; clipped to [-1, 1], which sampling error can overshoot."""
     if not np.isfinite(against_mean) or not np.isfinite(repeatability) or repeatability <= 0:
         return None
-    reliability = estimates * repeatability / (1 + (estimates - 1) * repeatability)
-    return float(np.clip(against_mean / np.sqrt(reliability), -1.0, 1.0))
+    return float(np.clip(against_mean / np.sqrt(reliability_of_mean(repeatability, estimates)), -1.0, 1.0))
 
 
 def calibration(percentiles: np.ndarray) -> dict:
