@@ -169,6 +169,10 @@ def write_benchmarks_md(parts: dict) -> None:
         if density.get("spearman_density_elbo_corrected") is not None:
             lines += ["Corrected for that noise (Spearman's correction for attenuation), the head against the exact ELBO:",
                       f"{fmt(density['spearman_density_elbo_corrected'], '3')}."]
+            if density.get("spearman_density_elbo_corrected_interval"):
+                low, high = density["spearman_density_elbo_corrected_interval"]
+                lines += [f"Another {density['nll_bound_test']['molecules']:,} test molecules could move it within "
+                          f"{fmt(low, '3')} to {fmt(high, '3')} (95% bootstrap interval over molecules)."]
         lines += [
             "Calibration of `density_percentile` over all 13,082 test molecules: "
             f"{fmt(density['calibration_test']['share_below_5th'], 'percent')} fall below the 5th percentile (ideal 5%),",

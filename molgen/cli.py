@@ -439,9 +439,10 @@ def distill(
     proposal_only: bool = typer.Option(
         False, help="Only re-estimate the ELBO's importance proposal over noise levels (80 s on a 2-core "
         "CPU for QM9) and keep the density head; prints the ELBO's spread under the old proposal and the new."),
-    add_member: bool = typer.Option(
-        False, help="Keep the density head and fit one more member of it on fresh targets (other molecules and "
-        "noise, the stored proposal); D becomes the members' mean, whose errors partly cancel."),
+    add_members: int = typer.Option(
+        0, min=0, help="Keep the density head and fit this many more members of it on one set of fresh targets "
+        "(other molecules and noise, the stored proposal), each from its own start; D becomes the members' mean, "
+        "whose errors partly cancel. 0 refits the whole head."),
 ) -> None:
     """Refit the density head onto low-variance ELBOs (backbone frozen) and recalibrate it."""
     from molgen.distill import DistillConfig, distill_checkpoint, refit_elbo_proposal
@@ -449,7 +450,7 @@ def distill(
     _require_device(device)
     config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, huber_nats=huber_nats,
                             atom_terms=atom_terms, batch_size=batch_size, elbo_rows=elbo_rows, seed=seed,
-                            device=device, add_member=add_member)
+                            device=device, add_members=add_members)
     doing, fit = ("estimating the ELBO's importance proposal", refit_elbo_proposal) if proposal_only else (
         "distilling", distill_checkpoint)
     report = _fit_on_training_data(checkpoint, data, qm9_path, workers, doing,
@@ -462,9 +463,9 @@ def distill(
         summary = (f"Spearman(D, ELBO) on {report['check_molecules']} held-out molecules: "
                    f"{report['spearman_density_elbo_before']:.3f} -> {report['spearman_density_elbo_after']:.3f} "
                    f"(ELBO repeatability {report['check_elbo_repeatability']:.3f})")
-        if add_member:
-            summary += (f", with density member {report['member'] + 1} (alone: "
-                        f"{report['spearman_new_member_alone']:.3f})")
+        if add_members:
+            summary += (f", with {_member_numbers(report['members'])} (alone: "
+                        f"{report['spearman_new_members']:.3f})")
     Console().print(f"{summary}; written to {output or checkpoint}", highlight=False, soft_wrap=True)
 
 
@@ -508,6 +509,14 @@ def repair(
             f"fine-tuned on {own['gated_states']:,} gated states of {own['chains']:,} of its own chains: raw validity of "
             f"{own['check_chains']:,} fresh chains {100 * own['raw_validity_before']:.1f}% -> "
             f"{100 * own['raw_validity_after']:.1f}%", highlight=False, soft_wrap=True)
+
+
+def _member_numbers(members: list[int]) -> str:
+    """Density members by their 1-based numbers: "density member 2", "density members 3-5"."""
+    numbers = [member + 1 for member in members]
+    if len(numbers) == 1:
+        return f"density member {numbers[0]}"
+    return f"density members {numbers[0]}-{numbers[-1]}"
 
 
 def _fit_on_training_data(
@@ -647,7 +656,7 @@ def info(
     self_conditioning = f"self-conditioning with {derived} features" if model_config.self_conditioning else (
         "no self-conditioning")
     table = Table(title=f"molgen checkpoint {checkpoint or BUNDLED.name}", show_header=False)
-    table.add_column("")
+    table.add_column("", overflow="fold")  # long figure names wrap whole rather than lose their ends
     table.add_column("")
     rows = [
         ("distributions", ", ".join(loaded.distributions)),
@@ -686,13 +695,13 @@ def info(
         if "molecules" in fit:
             rows.append(("distillation: targets", f"{fit['molecules']:,} x {fit['elbo_samples']} levels, "
                          f"{fit['epochs']} passes on {fit.get('device', 'cpu')}"))
-    for member in meta.get("density_members", []):
-        fit = member["config"]
-        rows.append((f"density member {member['member'] + 1}",
+    for added in meta.get("density_members", []):
+        fit = added["config"]
+        rows.append((_member_numbers(added["members"]),
                      f"{fit['molecules']:,} x {fit['elbo_samples']} levels on {fit.get('device', 'cpu')}; Spearman(D, ELBO) "
-                     f"{member['spearman_density_elbo_before']:.3f} -> {member['spearman_density_elbo_after']:.3f} on "
-                     f"{member['check_molecules']} held-out molecules (the member alone: "
-                     f"{member['spearman_new_member_alone']:.3f})"))
+                     f"{added['spearman_density_elbo_before']:.3f} -> {added['spearman_density_elbo_after']:.3f} on "
+                     f"{added['check_molecules']} held-out molecules ({'the member' if len(added['members']) == 1 else 'their mean'} "
+                     f"alone: {added['spearman_new_members']:.3f})"))
     proposal = meta.get("elbo_proposal")
     if proposal:
         rows.append(("ELBO importance proposal", f"re-estimated on {proposal['pilot_molecules']:,} training molecules; "
@@ -712,6 +721,8 @@ def info(
                          f"{100 * own['raw_validity_before']:.1f}% -> {100 * own['raw_validity_after']:.1f}% on "
                          f"{own['check_chains']:,} fresh chains"))
     for label, value in (loaded.evaluation or {}).items():
+        if isinstance(value, list):  # an interval
+            value = " to ".join(f"{bound:.4g}" for bound in value)
         rows.append((f"evaluate: {label}", f"{value:.4g}" if isinstance(value, float) else str(value)))
     for label, value in rows:
         table.add_row(label, value)
@@ -779,6 +790,9 @@ def _report_table(report: dict) -> Table:
     def number(value, digits=3):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
+    def interval(bounds):
+        return "n/a" if bounds is None else f"{bounds[0]:.3f} to {bounds[1]:.3f}"
+
     rows = [
         ("samples", f"{generation['samples']:,}"),
         ("validity without correction", percent(generation["validity_without_correction"])),
@@ -800,6 +814,7 @@ def _report_table(report: dict) -> Table:
             ("  ELBO repeatability (ceiling)", number(density["elbo_repeatability_spearman"])),
             ("Spearman(D, mean of both ELBOs)", number(density.get("spearman_density_elbo_pooled"))),
             ("  against the exact ELBO (corrected)", number(density.get("spearman_density_elbo_corrected"))),
+            ("  95% bootstrap interval over molecules", interval(density.get("spearman_density_elbo_corrected_interval"))),
             ("AUROC log_density vs mutants", number(density["log_density"].get("auroc_vs_mutants"))),
             ("  kNN-Tanimoto reference", number(knn.get("auroc_vs_mutants"))),
             ("AUROC log_density vs drug-like", number(density["log_density"].get("auroc_vs_druglike"))),

@@ -14,15 +14,15 @@ Heads:
     (``density_atom_terms``) plus a per-atom term summed over the atoms. The ELBO it learns is a sum
     over atoms and pairs, and a sum read-out fits it better than one [CLS] vector: refit on the same
     20,000 QM9 targets, Spearman with the ELBO 0.655 -> 0.708 and AUROC against single-edit
-    mutants 0.752 -> 0.826. D may average several such heads (``density_members``), each distilled
-    from its own ELBO targets: their fitting errors partly cancel.
+    mutants 0.752 -> 0.826. D may average several such heads (``density_members``), distilled on
+    their own ELBO targets or from their own starting weights: their errors partly cancel.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +53,8 @@ class DiScoConfig:
     density_scale: float = 10.0  # the density head's raw output times this is nats
     density_atom_terms: bool = False  # D also sums a per-atom term over the final atom states
     # D is the mean of this many heads (each [CLS] plus atom terms). Members past the first are fit
-    # by distillation, each on its own ELBO targets, so their errors partly cancel (molgen distill
-    # --add-member).
+    # by distillation on fresh ELBO targets, each from its own start, so their errors partly cancel
+    # (molgen distill --add-members).
     density_members: int = 1
     # Hidden width of the repair adapter (0: none): an MLP over each atom's inputs added to its
     # embedding only where the previous estimate's graph is no molecule (see repair_gate) and the
@@ -489,11 +489,12 @@ class DiScoFormer(nn.Module):
         first = [self.density_head] + ([self.density_atom_head] if self.config.density_atom_terms else [])
         return [first] + [list(member) for member in self.density_extra_members]
 
-    def density_of(self, final_states: torch.Tensor, mask: torch.Tensor, member: int | None = None) -> torch.Tensor:
+    def density_of(self, final_states: torch.Tensor, mask: torch.Tensor,
+                   members: Sequence[int] | None = None) -> torch.Tensor:
         """The density head on final token states (B, 2 + N, d) with the atom mask (B, N): D in nats,
-        the mean over its members, or ``member``'s alone."""
-        members = self.density_member_heads()
-        chosen = members if member is None else [members[member]]
+        the mean over its members, or over ``members`` alone."""
+        heads_of = self.density_member_heads()
+        chosen = heads_of if members is None else [heads_of[member] for member in members]
         raw = 0.0
         for heads in chosen:
             raw = raw + heads[0](final_states[:, 1]).squeeze(-1)
@@ -501,19 +502,20 @@ class DiScoFormer(nn.Module):
                 raw = raw + (heads[1](final_states[:, 2:]).squeeze(-1) * mask).sum(1)
         return raw / len(chosen) * self.config.density_scale + self.density_offset
 
-    def density_parameters(self, member: int | None = None) -> list[nn.Parameter]:
-        """The parameters of the density head (every member, or ``member``'s), per-atom terms included."""
-        members = self.density_member_heads()
-        chosen = members if member is None else [members[member]]
+    def density_parameters(self, members: Sequence[int] | None = None) -> list[nn.Parameter]:
+        """The parameters of the density head (every member, or ``members``'), per-atom terms included."""
+        heads_of = self.density_member_heads()
+        chosen = heads_of if members is None else [heads_of[member] for member in members]
         return [parameter for heads in chosen for head in heads for parameter in head.parameters()]
 
-    def with_density_member(self) -> "DiScoFormer":
-        """This model with one more density member, fresh as the constructor makes it, every weight
-        carried over. D changes: the new member counts once it is fit (``molgen distill --add-member``)."""
-        upgraded = DiScoFormer(replace(self.config, density_members=self.config.density_members + 1))
+    def with_density_members(self, count: int = 1) -> "DiScoFormer":
+        """This model with ``count`` more density members, fresh as the constructor makes them, every weight
+        carried over. D changes: the new members count once they are fit (``molgen distill --add-members``)."""
+        upgraded = DiScoFormer(replace(self.config, density_members=self.config.density_members + count))
         missing, unexpected = upgraded.load_state_dict(self.state_dict(), strict=False)
-        new_prefix = f"density_extra_members.{self.config.density_members - 1}."
-        assert not unexpected and all(key.startswith(new_prefix) for key in missing), (missing, unexpected)
+        new_prefixes = tuple(f"density_extra_members.{index - 1}."
+                             for index in range(self.config.density_members, upgraded.config.density_members))
+        assert not unexpected and all(key.startswith(new_prefixes) for key in missing), (missing, unexpected)
         return upgraded
 
     def num_parameters(self) -> int:

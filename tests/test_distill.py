@@ -2,15 +2,23 @@ import numpy as np
 import torch
 from test_train import TINY, qm9_subset
 
-from molgen.distill import DistillConfig, distill_density_head, with_atom_terms
+from molgen.distill import DistillConfig, distill_density_head, distillation_targets, with_atom_terms
+from molgen.evaluation.density import spearman
+from molgen.likelihood import clean_states
 from molgen.train import TrainConfig, Trainer
 
 
-def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path):
+def trained(tmp_path):
+    """A tiny model trained for one epoch on 120 QM9 molecules, and its data."""
     data = qm9_subset(tmp_path, 120, val_fraction=0.25)
     trainer = Trainer(TrainConfig(epochs=1, batch_size=32, warmup_steps=2, model=TINY, val_molecules=10),
                       data, tmp_path / "run")
     trainer.fit()
+    return data, trainer
+
+
+def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path):
+    data, trainer = trained(tmp_path)
     model = with_atom_terms(trainer.ema)
     model.density_head.requires_grad_(False)  # as in an EMA copy
     flags = [parameter.requires_grad for parameter in model.parameters()]
@@ -32,23 +40,44 @@ def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path)
     assert abs(float(model.density_offset) + report["train_target_mean_nats"]) < 1e-4
 
 
-def test_adding_a_member_fits_only_that_member_under_the_given_proposal(tmp_path):
-    data = qm9_subset(tmp_path, 120, val_fraction=0.25)
-    trainer = Trainer(TrainConfig(epochs=1, batch_size=32, warmup_steps=2, model=TINY, val_molecules=10),
-                      data, tmp_path / "run")
-    trainer.fit()
-    model = with_atom_terms(trainer.ema).with_density_member()
+def test_added_members_are_fit_each_on_its_own_under_the_given_proposal(tmp_path):
+    data, trainer = trained(tmp_path)
+    base = with_atom_terms(trainer.ema)
+    model = base.with_density_members(2)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     proposal = torch.softmax(torch.randn(32, generator=torch.Generator().manual_seed(0)), 0)
-    config = DistillConfig(molecules=80, elbo_samples=4, check_molecules=20, check_samples=4, epochs=20, add_member=True)
+    config = DistillConfig(molecules=80, elbo_samples=4, check_molecules=20, check_samples=4, epochs=20, add_members=2)
     report = distill_density_head(model, trainer.noise, data.batch, data.indices("train")[:80],
                                   data.indices("val")[:20], trainer.size_log_probs, config, proposal=proposal)
     after = model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert changed and all(name.startswith("density_extra_members.0.") for name in changed), changed
+    assert changed and all(name.startswith("density_extra_members.") for name in changed), changed
+    assert {name.split(".")[1] for name in changed} == {"0", "1"}  # both new members were fit
     assert np.allclose(report["proposal"], proposal.numpy())  # the stored proposal, not a new pilot's
-    assert report["member"] == 1 and np.isfinite(report["spearman_new_member_alone"])
-    assert np.isfinite(report["spearman_density_elbo_after"])
+    assert report["members"] == [1, 2] and len(report["spearman_each_new_member"]) == 2
+    assert np.isfinite(report["spearman_new_members"]) and np.isfinite(report["spearman_density_elbo_after"])
+    # Two fits of the same targets from their own starts and batch orders end apart.
+    batch, dist = data.batch(data.indices("val")[:20])
+    with torch.no_grad():
+        states = clean_states(model, batch, dist, trainer.noise)
+        first, second = (model.density_of(states, batch.mask, [member]) for member in (1, 2))
+    assert not torch.allclose(first, second)
+
+
+def test_before_figure_of_added_members_is_the_head_without_them(tmp_path):
+    data, trainer = trained(tmp_path)
+    base = with_atom_terms(trainer.ema)
+    proposal = torch.softmax(torch.randn(32, generator=torch.Generator().manual_seed(0)), 0)
+    config = DistillConfig(molecules=40, elbo_samples=4, check_molecules=20, check_samples=4, epochs=1, add_members=1)
+    rows, check = data.indices("train")[:40], data.indices("val")[:20]
+    # The same config draws the same ELBOs, and the ELBO does not read the density head.
+    targets = distillation_targets(base, trainer.noise, data.batch, rows, check, trainer.size_log_probs, config,
+                                   proposal=proposal)
+    with torch.no_grad():
+        old_head = base.density_of(targets.check_states, targets.check_masks).numpy()
+    report = distill_density_head(base.with_density_members(1), trainer.noise, data.batch, rows, check,
+                                  trainer.size_log_probs, config, proposal=proposal)
+    assert np.isclose(report["spearman_density_elbo_before"], spearman(old_head, -targets.check_elbos.numpy()))
 
 
 def test_mutant_targets_are_new_encodable_molecules_with_their_parents_distribution(tmp_path):

@@ -10,7 +10,13 @@ from typer.testing import CliRunner
 from molgen.baselines.knn import TanimotoKNN
 from molgen.cli import app
 from molgen.evaluation.decoys import single_edit_mutants
-from molgen.evaluation.density import auroc, calibration, spearman, spearman_against_exact
+from molgen.evaluation.density import (
+    auroc,
+    calibration,
+    spearman,
+    spearman_against_exact,
+    spearman_against_exact_interval,
+)
 from molgen.evaluation.generation import (
     canonicalize,
     fcd,
@@ -101,6 +107,29 @@ def test_spearman_against_exact_recovers_the_correlation_a_noisy_yardstick_hides
     assert spearman_against_exact(0.5, 0.0, 2) is None and spearman_against_exact(0.99, 0.5, 1) == 1.0
 
 
+def test_interval_of_the_corrected_spearman_covers_the_truth_as_often_as_it_says():
+    """Over independent draws of 1,000 molecules the 95% interval holds the population's exact-target
+    Spearman in about 95% of draws, narrows with more molecules, and leaves out incomplete rows."""
+    rng = np.random.default_rng(0)
+    population = rng.normal(size=200_000)
+    truth = spearman(population + 0.4 * rng.normal(size=population.size), population)
+
+    def draw(n):
+        exact = rng.normal(size=n)
+        return exact + 0.4 * rng.normal(size=n), exact + 0.6 * rng.normal(size=n), exact + 0.6 * rng.normal(size=n)
+
+    intervals = [spearman_against_exact_interval(*draw(1000), resamples=200, seed=k) for k in range(25)]
+    covered = np.mean([low <= truth <= high for low, high in intervals])
+    assert covered >= 0.8  # 95% nominal; 25 draws
+    width = np.median([high - low for low, high in intervals])
+    wider = spearman_against_exact_interval(*draw(250), resamples=200)
+    assert 0.005 < width < wider[1] - wider[0]  # about twice as wide at a quarter of the molecules
+    scores, first, second = draw(50)
+    scores[:3] = np.nan
+    assert spearman_against_exact_interval(scores, first, second, resamples=50) is not None
+    assert spearman_against_exact_interval(scores[:4], first[:4], second[:4], resamples=50) is None  # 1 complete row
+
+
 def test_calibration_of_uniform_percentiles_is_near_perfect_and_of_a_spike_is_not():
     uniform = calibration(np.random.default_rng(0).uniform(0, 100, 20_000))
     assert uniform["ks_distance"] < 0.02 and uniform["share_below_5th"] == pytest.approx(0.05, abs=0.01)
@@ -164,6 +193,9 @@ def test_cli_evaluate_writes_a_complete_report_for_a_checkpoint(tiny_checkpoint,
     assert -1 <= density["spearman_density_elbo_pooled"] <= 1
     corrected = density["spearman_density_elbo_corrected"]
     assert corrected is None or abs(corrected) >= abs(density["spearman_density_elbo_pooled"]) - 1e-12
+    interval = density["spearman_density_elbo_corrected_interval"]
+    assert interval is None or -1 <= interval[0] <= interval[1] <= 1
+    assert "95% bootstrap interval over molecules" in result.output
     assert report["generation"]["sampler"]["temperature"] == 1.0 and report["generation"]["sampler"]["steps"] == 12
     assert "Spearman(D, ELBO)" in result.output and "FCD vs test" in result.output
 

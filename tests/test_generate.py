@@ -123,6 +123,7 @@ def test_export_carries_evaluation_figures_into_the_card(tiny_checkpoint, tmp_pa
                        "fcd_test": 0.4, "nspdk_mmd_test": 0.001, "kl_test": {"score": 0.95},
                        "sampling_molecules_per_second": 40.0},
         "density": {"nll_bound_test": {"mean": 17.0}, "spearman_density_elbo": 0.8,
+                    "spearman_density_elbo_corrected_interval": [0.81, 0.86],
                     "log_density": {"auroc_vs_mutants": 0.6}, "calibration_test": {"share_below_5th": 0.05}},
         "reference_knn_tanimoto": {"auroc_vs_mutants": 0.9},
     }
@@ -134,6 +135,7 @@ def test_export_carries_evaluation_figures_into_the_card(tiny_checkpoint, tmp_pa
     assert molgen.load(slim).card["evaluation"]["fcd_test"] == 0.4
     card = CliRunner().invoke(app, ["info", "--checkpoint", str(slim)])
     assert "fcd_test" in card.output and "auroc_vs_mutants_knn_tanimoto" in card.output
+    assert "0.81 to 0.86" in card.output  # an interval, as two bounds
     (tmp_path / "partial.json").write_text(json.dumps({"generation": {}}))
     bad = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-o", str(slim),
                                    "--evaluation", str(tmp_path / "partial.json")])

@@ -158,16 +158,16 @@ def test_a_density_member_is_added_with_every_weight_kept_and_d_is_the_members_m
     vocab, batch, model = setup
     inputs, _ = clean_inputs(batch, vocab)
     base = with_atom_terms(model).eval()
-    grown = base.with_density_member().eval()
+    grown = base.with_density_members(1).eval()
     assert grown.config.density_members == 2 and base.config.density_members == 1
     with torch.no_grad():
         output = grown(*inputs)
-        first = grown.density_of(output.final_states, batch.mask, member=0)
-        second = grown.density_of(output.final_states, batch.mask, member=1)
+        first = grown.density_of(output.final_states, batch.mask, members=[0])
+        second = grown.density_of(output.final_states, batch.mask, members=[1])
         torch.testing.assert_close(first, base(*inputs).density)  # the old head is member 0, unchanged
         torch.testing.assert_close(output.density, (first + second) / 2)
     assert not torch.allclose(first, second)  # the new member starts fresh, not as a copy
-    own, old = {id(p) for p in grown.density_parameters(1)}, {id(p) for p in grown.density_parameters(0)}
+    own, old = {id(p) for p in grown.density_parameters([1])}, {id(p) for p in grown.density_parameters([0])}
     assert own and old and own.isdisjoint(old)
     assert {id(p) for p in grown.density_parameters()} == own | old
 

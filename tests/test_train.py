@@ -415,33 +415,41 @@ def test_train_cli_end_to_end(tmp_path):
     assert all(torch.equal(value, refit.model.state_dict()[key]) for key, value in again.model.state_dict().items())
     card = CliRunner().invoke(app, ["info", "--checkpoint", str(reweighted)])
     assert f"re-estimated on {record['pilot_molecules']:,} training molecules" in " ".join(card.output.split())
-    # --add-member keeps the head as member 1 and fits member 2 on fresh targets; D is their mean. The
+    # --add-members 2 keeps the head as member 1 and fits members 2 and 3 on fresh targets; D is their mean. The
     # card's evaluation figures of the old head go; those of the (untouched) sampler stay.
     carded = read_checkpoint(reweighted)
-    carded["evaluation"] = {"uniqueness": 0.97, "spearman_density_elbo": 0.8, "auroc_vs_mutants": 0.9}
+    carded["evaluation"] = {"uniqueness": 0.97, "spearman_density_elbo": 0.8, "auroc_vs_mutants": 0.9,
+                           "spearman_density_elbo_corrected_interval": [0.78, 0.83]}
     save_checkpoint(carded, reweighted)
     grown_path = tmp_path / "grown.pt"
     result = CliRunner().invoke(app, ["distill", str(reweighted), "--data", str(source), "-o", str(grown_path),
-                                      "--add-member", "--molecules", "50", "--elbo-samples", "2", "--epochs", "3"])
+                                      "--add-members", "2", "--molecules", "50", "--elbo-samples", "2", "--epochs", "3"])
     assert result.exit_code == 0, result.output
-    assert "with density member 2 (alone:" in result.output
+    assert "with density members 2-3 (alone:" in " ".join(result.output.split())
     grown = load_model(grown_path)
-    assert grown.model.config.density_members == 2 and torch.equal(grown.elbo_proposal, again.elbo_proposal)
+    assert grown.model.config.density_members == 3 and torch.equal(grown.elbo_proposal, again.elbo_proposal)
     kept = {key: value for key, value in grown.model.state_dict().items() if not key.startswith("density_extra_members.")}
     assert all(torch.equal(value, again.model.state_dict()[key]) for key, value in kept.items())
     assert grown.meta["distillation"] == again.meta["distillation"] and grown.calibration != again.calibration
     assert grown.evaluation == {"uniqueness": 0.97}
     assert grown.meta["density_members"][0]["config"]["seed"] == 1  # other molecules and noise than member 1's
+    # The new members' starting weights are seeded too: the same command gives the same head.
+    repeated_path = tmp_path / "grown_again.pt"
+    result = CliRunner().invoke(app, ["distill", str(reweighted), "--data", str(source), "-o", str(repeated_path),
+                                      "--add-members", "2", "--molecules", "50", "--elbo-samples", "2", "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    repeated = load_model(repeated_path).model.state_dict()
+    assert all(torch.equal(value, repeated[key]) for key, value in grown.model.state_dict().items())
     card = " ".join(CliRunner().invoke(app, ["info", "--checkpoint", str(grown_path)]).output.split())
-    assert "mean of 2 members" in card and "density member 2" in card and "50 x 2 levels on cpu" in card
+    assert "mean of 3 members" in card and "density members 2-3" in card and "50 x 2 levels on cpu" in card
     # A full refit fits every member together: the members' own records go, the members stay.
     result = CliRunner().invoke(app, ["distill", str(grown_path), "--data", str(source), "-o", str(tmp_path / "refit.pt"),
                                       "--molecules", "50", "--elbo-samples", "2", "--epochs", "2"])
     assert result.exit_code == 0, result.output
     refit_all = load_model(tmp_path / "refit.pt")
-    assert refit_all.model.config.density_members == 2 and "density_members" not in refit_all.meta
-    bare = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--add-member"])
-    assert bare.exit_code == 2 and "has none: distil it once without --add-member first" in " ".join(bare.output.split())
+    assert refit_all.model.config.density_members == 3 and "density_members" not in refit_all.meta
+    bare = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--add-members", "2"])
+    assert bare.exit_code == 2 and "has none: distil it once without --add-members first" in " ".join(bare.output.split())
     # Distilled in place, the run's checkpoint has another density head: resuming says so, no traceback.
     distilled_run = tmp_path / "distilled_run"
     distilled_run.mkdir()

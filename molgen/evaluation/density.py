@@ -43,6 +43,30 @@ def spearman_against_exact(against_mean: float, repeatability: float, estimates:
     return float(np.clip(against_mean / np.sqrt(reliability_of_mean(repeatability, estimates)), -1.0, 1.0))
 
 
+def spearman_against_exact_interval(scores: np.ndarray, first: np.ndarray, second: np.ndarray,
+                                    level: float = 0.95, resamples: int = 2000, seed: int = 0) -> list[float] | None:
+    """Percentile bootstrap interval over molecules for :func:`spearman_against_exact` of ``scores``
+    against the mean of two independent estimates ``first`` and ``second`` of the target: how far the
+    figure could move with another draw of as many molecules. Molecules missing any value are left out;
+    None when fewer than 3 remain or no resample gives a figure."""
+    columns = np.column_stack([scores, first, second]).astype(float)
+    columns = columns[np.isfinite(columns).all(1)]
+    if len(columns) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    figures = []
+    for _ in range(resamples):
+        drawn = columns[rng.integers(0, len(columns), len(columns))]
+        repeatability = spearman(drawn[:, 1], drawn[:, 2])
+        figure = spearman_against_exact(spearman(drawn[:, 0], drawn[:, 1:].mean(1)), repeatability, estimates=2)
+        if figure is not None:
+            figures.append(figure)
+    if not figures:
+        return None
+    tail = (1 - level) / 2 * 100
+    return [float(bound) for bound in np.percentile(figures, [tail, 100 - tail])]
+
+
 def calibration(percentiles: np.ndarray) -> dict:
     """How uniformly held-out molecules spread over density percentiles (0-100), as they should if
     the stored quantiles describe their distribution: the Kolmogorov-Smirnov distance to uniform,
