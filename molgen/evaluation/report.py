@@ -117,7 +117,7 @@ def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: 
         "spearman_density_elbo_pooled": pooled,
         # What the bar is about: the head against the model's exact ELBO, which no finite estimate is.
         "spearman_density_elbo_corrected": spearman_against_exact(pooled, repeatability, estimates=2),
-        # ... and how far another 1,000 molecules could move it (95% bootstrap interval).
+        # ... and how far another draw of as many molecules could move it (95% bootstrap interval).
         "spearman_density_elbo_corrected_interval": spearman_against_exact_interval(
             first["log_density"].to_numpy(), -nll, second_elbo, seed=seed),
         "log_density": decoy_aurocs(first["log_density"].to_numpy(), decoy_density),
