@@ -163,18 +163,21 @@ def fit_density_head(model: DiScoFormer, targets: DistillationTargets, config: D
     figures on the check molecules; "before" is the head without ``members``."""
     check_elbos = targets.check_elbos.cpu().numpy()
 
-    def check_spearman(chosen: list[int] | None) -> float:
+    def check_density(chosen: list[int] | None) -> np.ndarray:
         with torch.no_grad():
-            return spearman(model.density_of(targets.check_states, targets.check_masks, chosen).cpu().numpy(),
-                            -check_elbos)
+            return model.density_of(targets.check_states, targets.check_masks, chosen).cpu().numpy()
+
+    def check_spearman(chosen: list[int] | None) -> float:
+        return spearman(check_density(chosen), -check_elbos)
 
     kept = None if members is None else [k for k in range(model.config.density_members) if k not in members]
     before = check_spearman(kept)
     if members is None:
         model.density_offset.fill_(float(-targets.elbos.mean()))
-    for position, fitted in enumerate([None] if members is None else [[member] for member in members]):
+    fits = [None] if members is None else [[member] for member in members]  # the whole head, or one member at a time
+    for position, fitted in enumerate(fits):
         fit_members(model, targets, config, fitted, seed=config.seed + position)
-    after_values = model.density_of(targets.check_states, targets.check_masks).detach().cpu().numpy()
+    after_values = check_density(None)
     return {
         "proposal": targets.proposal.tolist(),
         "config": config.to_dict(),

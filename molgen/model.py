@@ -484,17 +484,18 @@ class DiScoFormer(nn.Module):
             h, pairs = block(h, pairs, key_mask, layout, time, update_pairs=final_pairs or index < last)
         return self.final_norm(h), layout.unpack(pairs) if final_pairs else None
 
-    def density_member_heads(self) -> list[list[nn.Module]]:
-        """Each member of the density head: its [CLS] head, then its per-atom head if it has terms."""
+    def density_member_heads(self, members: Sequence[int] | None = None) -> list[list[nn.Module]]:
+        """Each member of the density head (or those of ``members``): its [CLS] head, then its per-atom
+        head if it has terms."""
         first = [self.density_head] + ([self.density_atom_head] if self.config.density_atom_terms else [])
-        return [first] + [list(member) for member in self.density_extra_members]
+        every = [first] + [list(member) for member in self.density_extra_members]
+        return every if members is None else [every[member] for member in members]
 
     def density_of(self, final_states: torch.Tensor, mask: torch.Tensor,
                    members: Sequence[int] | None = None) -> torch.Tensor:
         """The density head on final token states (B, 2 + N, d) with the atom mask (B, N): D in nats,
         the mean over its members, or over ``members`` alone."""
-        heads_of = self.density_member_heads()
-        chosen = heads_of if members is None else [heads_of[member] for member in members]
+        chosen = self.density_member_heads(members)
         raw = 0.0
         for heads in chosen:
             raw = raw + heads[0](final_states[:, 1]).squeeze(-1)
@@ -504,9 +505,8 @@ class DiScoFormer(nn.Module):
 
     def density_parameters(self, members: Sequence[int] | None = None) -> list[nn.Parameter]:
         """The parameters of the density head (every member, or ``members``'), per-atom terms included."""
-        heads_of = self.density_member_heads()
-        chosen = heads_of if members is None else [heads_of[member] for member in members]
-        return [parameter for heads in chosen for head in heads for parameter in head.parameters()]
+        return [parameter for heads in self.density_member_heads(members) for head in heads
+                for parameter in head.parameters()]
 
     def with_density_members(self, count: int = 1) -> "DiScoFormer":
         """This model with ``count`` more density members, fresh as the constructor makes them, every weight

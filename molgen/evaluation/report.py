@@ -103,24 +103,25 @@ def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: 
     started = time.perf_counter()
     whole_test = plain.score_smiles(data.test)
     scoring_rate = len(data.test) / (time.perf_counter() - started)
+    density = first["log_density"].to_numpy()
     repeatability = spearman(-nll, second_elbo)
-    pooled = spearman(first["log_density"].to_numpy(), (second_elbo - nll) / 2)
+    pooled = spearman(density, (second_elbo - nll) / 2)
     decoy_density = {"mutants": mutants["log_density"].to_numpy()}
     if data.druglike:
         decoy_density["druglike"] = plain.score_smiles(data.druglike)["log_density"].to_numpy()
     return {
         "elbo_samples": elbo_samples,
         "nll_bound_test": mean_with_stderr(nll[scorable], first["elbo_stderr"].to_numpy()[scorable]),
-        "spearman_density_elbo": spearman(first["log_density"].to_numpy(), -nll),
+        "spearman_density_elbo": spearman(density, -nll),
         "elbo_repeatability_spearman": repeatability,
         # Both estimates averaged (twice the levels): a less noisy yardstick for the head.
         "spearman_density_elbo_pooled": pooled,
         # What the bar is about: the head against the model's exact ELBO, which no finite estimate is.
         "spearman_density_elbo_corrected": spearman_against_exact(pooled, repeatability, estimates=2),
         # ... and how far another draw of as many molecules could move it (95% bootstrap interval).
-        "spearman_density_elbo_corrected_interval": spearman_against_exact_interval(
-            first["log_density"].to_numpy(), -nll, second_elbo, seed=seed),
-        "log_density": decoy_aurocs(first["log_density"].to_numpy(), decoy_density),
+        "spearman_density_elbo_corrected_interval": spearman_against_exact_interval(density, -nll, second_elbo,
+                                                                                     seed=seed),
+        "log_density": decoy_aurocs(density, decoy_density),
         "elbo_auroc_vs_mutants": auroc(_rejected_lowest(-nll), _rejected_lowest(mutants["elbo_nats"].to_numpy())),
         "calibration_test": calibration(whole_test["density_percentile"].to_numpy()),
         "scoring_molecules_per_second_in_process": scoring_rate,
