@@ -340,7 +340,7 @@ def test_train_cli_end_to_end(tmp_path):
     pd.read_csv(shared_file("qm9.csv")).iloc[:300].to_csv(source, index=False)
     out = tmp_path / "run"
     args = ["train", str(source), "-o", str(out), "--epochs", "2", "--batch-size", "64", "--d-model", "16",
-            "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "10"]
+            "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "10", "--bond-logsnr-shift", "1.5"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "epoch 2/2:" in result.output and "finished at step" in result.output
@@ -351,6 +351,8 @@ def test_train_cli_end_to_end(tmp_path):
     loaded = load_model(out / "checkpoint.pt")
     assert loaded.distributions == ["mols"] and len(loaded.calibration["mols"]) == 101
     assert loaded.elbo_proposal is None
+    assert (loaded.noise.atoms.logsnr_max, loaded.noise.atoms.logsnr_min) == (9.0, -9.0)
+    assert (loaded.noise.bonds.logsnr_max, loaded.noise.bonds.logsnr_min) == (10.5, -7.5)
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--device", "cuda:7"])
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--ring-features", "--no-self-conditioning"])
@@ -373,9 +375,10 @@ def test_train_cli_end_to_end(tmp_path):
     result = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--epochs", "3"])
     assert result.exit_code == 0, result.output
     assert ("resuming with the checkpoint's --batch-size 64, --val-molecules 10, --d-model 16, --n-layers 1, "
-            "--n-heads 2, --d-pair 4") in " ".join(result.output.split())
+            "--n-heads 2, --d-pair 4, --bond-logsnr-shift 1.5") in " ".join(result.output.split())
     assert "epoch 3/3:" in result.output and "epoch 2/" not in result.output
-    assert load_model(out / "checkpoint.pt").meta["step"] == loaded.meta["step"] * 3 // 2
+    resumed = load_model(out / "checkpoint.pt")
+    assert resumed.meta["step"] == loaded.meta["step"] * 3 // 2 and resumed.noise == loaded.noise
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--d-model", "32"])
     assert bad.exit_code == 2 and "differs from this run's in d_ff, d_model" in bad.output
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(tmp_path / "nothing"), "--resume"])
