@@ -18,7 +18,9 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def machine() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    # "-dirty" marks a run of uncommitted code: the commit alone would not reproduce it.
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=REPO, capture_output=True,
+                            text=True)
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": commit.stdout.strip() or "unknown",

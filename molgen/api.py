@@ -42,6 +42,7 @@ class Model:
         snr: float = 0.1,
         mala: bool = False,
         temperature: float = 1.0,
+        draw_estimate: bool = True,
         min_percentile: float | None = None,
         apply_filters: bool = True,
         props: tuple[str, ...] = (),
@@ -55,7 +56,7 @@ class Model:
         options = GenerateOptions(
             n=n, seed=seed, batch_size=batch_size, device=self.device,
             sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,
-                                    temperature=temperature),
+                                    temperature=temperature, draw_estimate=draw_estimate),
             distribution=distribution, num_atoms=num_atoms, apply_filters=apply_filters,
             checks=CheckConfig.from_strings(rules, alerts, props),
         )

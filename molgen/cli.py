@@ -550,6 +550,13 @@ def _require_device(device: str) -> None:
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
 
 
+DRAW_ESTIMATE_OPTION = typer.Option(
+    SamplerSettings().draw_estimate, "--draw-estimate/--mean-estimate",
+    help="Predictor steps towards a molecule drawn from the estimate (closer to the model's reverse step) "
+         "or towards the estimate's mean (the earlier sampler: fewer unique and novel molecules, a higher FCD).",
+)
+
+
 @app.command()
 def generate(
     n: int = typer.Option(1000, "-n", min=1, help="How many molecules to sample."),
@@ -563,6 +570,7 @@ def generate(
     temperature: float = typer.Option(
         1.0, min=0.0, help="Scale of the predictor's noise: below 1 gives fewer invalid but less varied molecules.",
     ),
+    draw_estimate: bool = DRAW_ESTIMATE_OPTION,
     batch_size: int = typer.Option(500, min=1),
     device: str = typer.Option("cpu", help="cpu, cuda, ..."),
     distribution: Optional[str] = typer.Option(None, help="Training distribution to sample ('null' = generic)."),
@@ -589,7 +597,7 @@ def generate(
     options = GenerateOptions(
         n=n, seed=seed, batch_size=batch_size, device=device, distribution=distribution, num_atoms=num_atoms,
         sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,
-                                temperature=temperature),
+                                temperature=temperature, draw_estimate=draw_estimate),
         min_percentile=min_percentile, apply_filters=not no_filter, checks=checks,
     )
     started = time.perf_counter()
@@ -753,6 +761,7 @@ def evaluate(
     ),
     temperature: float = typer.Option(1.0, min=0.0, help="Sampler temperature, as in `molgen generate`."),
     steps: int = typer.Option(SamplerSettings().steps, min=2, help="Predictor steps, as in `molgen generate`."),
+    draw_estimate: bool = DRAW_ESTIMATE_OPTION,
 ) -> None:
     """Generation and density metrics against the QM9 test split, with the kNN-Tanimoto reference."""
     from molgen.evaluation.generation import generation_metrics
@@ -770,7 +779,7 @@ def evaluate(
     started = time.perf_counter()
     if samples is None:
         with console.status("evaluating") as status:
-            sampler = SamplerSettings(steps=steps, temperature=temperature)
+            sampler = SamplerSettings(steps=steps, temperature=temperature, draw_estimate=draw_estimate)
             report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, sampler, log=status.update)
         report["checkpoint"] = str(checkpoint or "bundled")
     else:

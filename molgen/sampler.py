@@ -5,8 +5,13 @@ the clean molecule and its density D(z, t). From it the score follows by Tweedie
 sampler needs nothing else from the model, and any function of that shape can be sampled.
 
 Each step from t to s < t:
-  * predictor: a draw from the Gaussian posterior q(z_s | z_t, x0_hat) (reverse diffusion), its
-    noise scaled by ``temperature`` (below 1: fewer, surer molecules; 1 samples the model as trained);
+  * predictor: a draw from the Gaussian posterior q(z_s | z_t, x0) (reverse diffusion), its noise
+    scaled by ``temperature`` (below 1: fewer, surer molecules; 1 samples the model as trained). With
+    ``draw_estimate`` x0 is a one-hot molecule drawn per atom and per pair from the estimate's
+    probabilities, otherwise the estimate's mean. The model's reverse step is the mixture of these
+    posteriors over x0; the mean alone is one Gaussian at the mixture's centre, which lacks the
+    spread between the components (it vanishes only as the steps shrink). The draw gives each atom
+    and pair its own mixture exactly (not their correlations);
   * corrector (``corrector_steps`` times): a Langevin move ``z + e * score + sqrt(2 e) * xi`` with the
     step size ``e`` set per molecule by the target signal-to-noise ratio ``snr``; with ``mala`` the
     move is accepted or rejected by Metropolis-Hastings using the density head D as the energy.
@@ -41,6 +46,7 @@ class SamplerSettings:
     snr: float = 0.1
     mala: bool = False
     temperature: float = 1.0
+    draw_estimate: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,18 +118,38 @@ def sample(
         estimate = denoiser(z.atoms, z.bonds, t, self_cond)
         self_cond = (estimate.atoms, estimate.bonds)
         if index < settings.steps - 1:
-            z = _predictor(z, estimate, t, s, noise, settings.temperature, atom_mask, pair_mask, generator)
+            z = _predictor(z, estimate, t, s, noise, settings, atom_mask, pair_mask, generator)
         if on_step:
             on_step(index + 1)
     return SampleResult(estimate.atoms, estimate.bonds, mask, moves, accepted)
 
 
-def _predictor(z, estimate: Denoised, t, s, noise: NoiseProcess, temperature: float, atom_mask, pair_mask,
+def draw_one_hot(probs: torch.Tensor, generator, symmetric: bool) -> torch.Tensor:
+    """One category per row of ``probs`` (last axis), as a one-hot; with ``symmetric`` (bonds, (B, N, N, K))
+    one per pair i < j, the same both ways, and none on the diagonal. Rows of zeros (padding) give
+    category 0, which the caller masks."""
+    cumulative = probs.cumsum(-1)
+    # Inverse CDF against the row's own total, so rows that do not sum exactly to 1 draw fairly.
+    uniform = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device, dtype=probs.dtype)
+    index = (cumulative < uniform * cumulative[..., -1:]).sum(-1, keepdim=True).clamp(max=probs.shape[-1] - 1)
+    hot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
+    if symmetric:
+        upper = torch.ones(probs.shape[1], probs.shape[2], device=probs.device, dtype=probs.dtype).triu(1)
+        hot = hot * upper[None, :, :, None]
+        hot = hot + hot.transpose(1, 2)
+    return hot
+
+
+def _predictor(z, estimate: Denoised, t, s, noise: NoiseProcess, settings: SamplerSettings, atom_mask, pair_mask,
                generator) -> _State:
-    mean_atoms, var_atoms = posterior(z.atoms, estimate.atoms, t, s, noise.atoms)
-    mean_bonds, var_bonds = posterior(z.bonds, estimate.bonds, t, s, noise.bonds)
-    atoms = mean_atoms + temperature * var_atoms.sqrt() * _gaussian(z.atoms, generator, symmetric=False)
-    bonds = mean_bonds + temperature * var_bonds.sqrt() * _gaussian(z.bonds, generator, symmetric=True)
+    clean_atoms, clean_bonds = estimate.atoms, estimate.bonds
+    if settings.draw_estimate:
+        clean_atoms = draw_one_hot(clean_atoms, generator, symmetric=False)
+        clean_bonds = draw_one_hot(clean_bonds, generator, symmetric=True)
+    mean_atoms, var_atoms = posterior(z.atoms, clean_atoms, t, s, noise.atoms)
+    mean_bonds, var_bonds = posterior(z.bonds, clean_bonds, t, s, noise.bonds)
+    atoms = mean_atoms + settings.temperature * var_atoms.sqrt() * _gaussian(z.atoms, generator, symmetric=False)
+    bonds = mean_bonds + settings.temperature * var_bonds.sqrt() * _gaussian(z.bonds, generator, symmetric=True)
     return _State(atoms * atom_mask, bonds * pair_mask)
 
 

@@ -43,9 +43,11 @@ def test_same_seed_same_molecules(tiny_checkpoint):
     b = model.generate(20, seed=3, steps=8, corrector_steps=1)
     c = model.generate(20, seed=4, steps=8, corrector_steps=1)
     cooled = model.generate(20, seed=3, steps=8, corrector_steps=1, temperature=0.3)
+    towards_mean = model.generate(20, seed=3, steps=8, corrector_steps=1, draw_estimate=False)
     pd.testing.assert_frame_equal(a, b)
     assert a["smiles"].tolist() != c["smiles"].tolist()
     assert a["smiles"].tolist() != cooled["smiles"].tolist()  # the temperature reaches the sampler
+    assert a["smiles"].tolist() != towards_mean["smiles"].tolist()  # and so does the predictor's choice
 
 
 def test_mala_acceptance_rate_is_reported_only_for_mala(tiny_checkpoint):
@@ -77,7 +79,8 @@ def test_generate_cli_end_to_end(tiny_checkpoint, tmp_path):
     ranked = frame["rank"].notna().sum()
     assert len(Chem.SDMolSupplier(str(tmp_path / "top.sdf"))) == ranked
 
-    unfiltered = CliRunner().invoke(app, args[:5] + ["--checkpoint", str(tiny_checkpoint), "--steps", "8", "--no-filter"])
+    unfiltered = CliRunner().invoke(app, args[:5] + ["--checkpoint", str(tiny_checkpoint), "--steps", "8", "--no-filter",
+                                                     "--mean-estimate"])
     assert unfiltered.exit_code == 0
     assert pd.read_csv(out)["rank"].notna().sum() == pd.read_csv(out)["unique"].sum()
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from molgen.noise import NoiseProcess
-from molgen.sampler import Denoised, SamplerSettings, sample
+from molgen.sampler import Denoised, SamplerSettings, draw_one_hot, sample
 
 # Two "molecules" of two atoms over two atom types: (type 0, type 1, single bond), (1, 1, double).
 ATOMS = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
@@ -84,3 +84,37 @@ def test_bond_channels_stay_symmetric_and_padding_zero():
     result = sample(exact_denoiser, mask, 2, 4, NOISE, SamplerSettings(steps=5), torch.Generator().manual_seed(0))
     assert torch.allclose(result.bonds, result.bonds.transpose(1, 2))
     assert np.isfinite(result.atoms.numpy()).all()
+
+
+@pytest.mark.parametrize("draw_estimate", [True, False])
+def test_both_predictors_sample_the_two_molecules_in_their_shares(draw_estimate):
+    denoiser = mixture_denoiser((0.75, 0.25))
+    first, second = shares(run(SamplerSettings(steps=50, draw_estimate=draw_estimate), seed=0, size=1000,
+                               denoiser=denoiser))
+    assert first + second == pytest.approx(1.0)
+    assert 0.68 < first < 0.82
+
+
+def test_drawn_estimate_changes_the_chain_and_stays_deterministic():
+    drawn, again = run(SamplerSettings(steps=20), 3, 64), run(SamplerSettings(steps=20), 3, 64)
+    mean = run(SamplerSettings(steps=20, draw_estimate=False), 3, 64)
+    assert torch.equal(drawn.atoms, again.atoms)
+    assert not torch.equal(drawn.atoms, mean.atoms)
+
+
+def test_draw_one_hot_follows_the_probabilities_and_keeps_bonds_symmetric():
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.tensor([0.1, 0.6, 0.3]).expand(20000, 3)
+    hot = draw_one_hot(probs, generator, symmetric=False)
+    assert torch.equal(hot.sum(-1), torch.ones(20000))
+    assert torch.allclose(hot.mean(0), probs[0], atol=0.015)
+    padding = draw_one_hot(torch.zeros(4, 3), generator, symmetric=False)
+    assert torch.equal(padding.sum(-1), torch.ones(4))  # category 0: the caller masks padding
+    bonds = torch.softmax(torch.randn(500, 4, 4, 5, generator=generator), -1)
+    bonds = (bonds + bonds.transpose(1, 2)) / 2
+    drawn = draw_one_hot(bonds, generator, symmetric=True)
+    assert torch.equal(drawn, drawn.transpose(1, 2))
+    assert drawn.diagonal(dim1=1, dim2=2).abs().sum() == 0
+    upper = torch.ones(4, 4).triu(1).bool()
+    assert torch.equal(drawn[:, upper].sum(-1), torch.ones(500, 6))
+    assert torch.allclose(drawn[:, upper].mean((0, 1)), bonds[:, upper].mean((0, 1)), atol=0.02)
