@@ -63,13 +63,16 @@ def expand(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return value.reshape(value.shape + (1,) * (like.dim() - value.dim()))
 
 
+def mirror_upper(pairs: torch.Tensor) -> torch.Tensor:
+    """(B, N, N, C) pair values made symmetric: the pairs i < j kept and mirrored, the diagonal zero."""
+    upper = torch.triu(torch.ones(pairs.shape[1], pairs.shape[2], device=pairs.device, dtype=torch.bool), diagonal=1)
+    pairs = torch.where(upper[None, :, :, None], pairs, torch.zeros((), device=pairs.device, dtype=pairs.dtype))
+    return pairs + pairs.transpose(1, 2)
+
+
 def symmetric_noise(shape: torch.Size, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
     """Gaussian noise for (B, N, N, C) pair channels, symmetric in the two atom axes."""
-    noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    upper = torch.triu(torch.ones(shape[1], shape[2], device=device, dtype=torch.bool), diagonal=1)
-    upper = upper[None, :, :, None]
-    noise = torch.where(upper, noise, torch.zeros((), device=device, dtype=dtype))
-    return noise + noise.transpose(1, 2)
+    return mirror_upper(torch.randn(shape, generator=generator, device=device, dtype=dtype))
 
 
 def q_sample(

@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from molgen.model import posterior_probs
-from molgen.noise import NoiseProcess, expand, posterior, symmetric_noise, tweedie_score
+from molgen.noise import NoiseProcess, expand, mirror_upper, posterior, symmetric_noise, tweedie_score
 from molgen.tokenizer import pair_mask_of
 
 
@@ -133,11 +133,7 @@ def draw_one_hot(probs: torch.Tensor, generator, symmetric: bool) -> torch.Tenso
     uniform = torch.rand(probs.shape[:-1] + (1,), generator=generator, device=probs.device, dtype=probs.dtype)
     index = (cumulative < uniform * cumulative[..., -1:]).sum(-1, keepdim=True).clamp(max=probs.shape[-1] - 1)
     hot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
-    if symmetric:
-        upper = torch.ones(probs.shape[1], probs.shape[2], device=probs.device, dtype=probs.dtype).triu(1)
-        hot = hot * upper[None, :, :, None]
-        hot = hot + hot.transpose(1, 2)
-    return hot
+    return mirror_upper(hot) if symmetric else hot
 
 
 def _predictor(z, estimate: Denoised, t, s, noise: NoiseProcess, settings: SamplerSettings, atom_mask, pair_mask,
