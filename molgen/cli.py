@@ -564,7 +564,9 @@ def generate(
     checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (default: the bundled QM9 model)."),
     seed: int = typer.Option(0, help="Same seed and options, same molecules (on CPU)."),
     steps: int = typer.Option(SamplerSettings().steps, min=2, help="Predictor steps."),
-    corrector_steps: int = typer.Option(0, min=0, help="Langevin corrector moves per step."),
+    corrector_steps: int = typer.Option(
+        0, min=0, help="Langevin corrector moves per step (bundled model, one move: lower FCD, the same raw validity, "
+        "a third of a point less uniqueness, half the speed)."),
     snr: float = typer.Option(0.1, min=0.0, help="Target signal-to-noise ratio of the corrector."),
     mala: bool = typer.Option(False, help="Metropolis-adjust the corrector with the density head."),
     temperature: float = typer.Option(
