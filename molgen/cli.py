@@ -489,7 +489,7 @@ def repair(
         -1.5, help="The adapter acts only at this log-SNR or above (less noise), where estimates can be molecules."),
     chains: int = typer.Option(
         0, min=0, help="Then fine-tune the adapter on the gated states of this many of its own sampler chains (0: "
-        "none). More raw validity, less uniqueness; 40,000 take 20-26 minutes and 2-3.3 GB on a 2-core CPU."),
+        "none). More raw validity, less uniqueness; 40,000 take 20-36 minutes and 2-3.3 GB on a 2-core CPU."),
     chain_steps: int = typer.Option(2000, min=1, help="Optimizer steps of the fine-tune on the chains."),
     check_chains: int = typer.Option(2000, min=1, help="Fresh chains whose raw validity is reported before and after."),
     seed: int = typer.Option(0),
