@@ -61,6 +61,11 @@ class DiScoConfig:
     # atoms' log-SNR is at least repair_min_logsnr (noisier estimates are never molecules).
     repair_adapter: int = 0
     repair_min_logsnr: float = -1.5
+    # Hidden width of its pair side (0: none): an MLP over each pair's inputs and its two atoms'
+    # estimate and flags, added to the pair's features under the same gate. Valence, fragment and
+    # a third of the ring failures need a bond changed, which the atom side reaches only through
+    # attention.
+    repair_pair_adapter: int = 0
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -378,6 +383,16 @@ class DiScoFormer(nn.Module):
             # Zero at first: adding the adapter to a trained model leaves it computing what it did.
             nn.init.zeros_(self.repair[-1].weight)
             nn.init.zeros_(self.repair[-1].bias)
+        if config.repair_pair_adapter:
+            if not config.repair_adapter:
+                raise ValueError("the pair side of the repair adapter needs its atom side (repair_adapter)")
+            flags = a + 2 + KEKULE_FEATURES  # each atom's estimate, valence and Kekulé features
+            self.repair_pairs = nn.Sequential(
+                nn.Linear(b + extra_bond + 2 * flags, config.repair_pair_adapter), nn.SiLU(),
+                nn.Linear(config.repair_pair_adapter, dp),
+            )
+            nn.init.zeros_(self.repair_pairs[-1].weight)
+            nn.init.zeros_(self.repair_pairs[-1].bias)
         self.bond_in = nn.Linear(b + extra_bond, dp)
         self.position = nn.Parameter(torch.zeros(config.max_atoms, d))
         nn.init.normal_(self.position, std=0.02)
@@ -455,7 +470,8 @@ class DiScoFormer(nn.Module):
                 prev_atoms, prev_bonds = torch.zeros_like(z_atoms), torch.zeros_like(z_bonds)
             else:
                 prev_atoms, prev_bonds = self_cond[0] * atom_mask, self_cond[1] * pair_mask
-            atom_inputs += [prev_atoms, valence_features(prev_atoms, prev_bonds, self.valences, self.bond_orders)]
+            valence = valence_features(prev_atoms, prev_bonds, self.valences, self.bond_orders)
+            atom_inputs += [prev_atoms, valence]
             if self.config.ring_features:
                 atom_inputs.append(ring_features(prev_bonds))
             if self.config.kekule_features:
@@ -464,6 +480,9 @@ class DiScoFormer(nn.Module):
             bond_inputs.append(prev_bonds)
         atom_inputs = torch.cat(atom_inputs, dim=-1)
         atoms = self.atom_in(atom_inputs) + self.position[:n]
+        layout = PairLayout(mask, z_atoms.dtype)
+        bond_inputs = layout.pack(torch.cat(bond_inputs, dim=-1))
+        pairs = self.bond_in(bond_inputs)
         if self.config.repair_adapter and repair and self_cond is not None:
             # The window first: at noisier levels (the first part of every chain) the gate stays shut
             # and its graph checks are not worth computing.
@@ -472,8 +491,12 @@ class DiScoFormer(nn.Module):
                 gate = repair_gate(prev_atoms, prev_bonds, kekule, self.valences, self.bond_orders) * in_window
                 if gate.any():
                     atoms = atoms + gate[:, None, None] * self.repair(atom_inputs)
-        layout = PairLayout(mask, z_atoms.dtype)
-        pairs = self.bond_in(layout.pack(torch.cat(bond_inputs, dim=-1))) * layout.mask
+                    if self.config.repair_pair_adapter:
+                        flags = torch.cat([prev_atoms, valence, kekule], dim=-1)
+                        left, right = flags[:, layout.upper[0]], flags[:, layout.upper[1]]
+                        pair_inputs = torch.cat([bond_inputs, left + right, left * right], dim=-1)
+                        pairs = pairs + gate[:, None, None] * self.repair_pairs(pair_inputs)
+        pairs = pairs * layout.mask
 
         time = self.time(logsnr_atoms, logsnr_bonds)
         special = torch.stack([self.dist(dist), self.cls.expand(batch, -1)], dim=1)
@@ -521,15 +544,15 @@ class DiScoFormer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def with_new_module(self, name: str, **changes) -> "DiScoFormer":
-        """This model rebuilt under config ``changes`` that add the module ``name``, which starts as
-        the constructor makes it (a zero last layer: computing what this model did); every other
-        weight carried over. A ``name`` module this model has already is dropped, not carried."""
-        prefix = name + "."
+    def with_new_module(self, names: str | tuple[str, ...], **changes) -> "DiScoFormer":
+        """This model rebuilt under config ``changes`` that add the modules ``names``, which start as
+        the constructor makes them (a zero last layer: computing what this model did); every other
+        weight carried over. A ``names`` module this model has already is dropped, not carried."""
+        prefixes = tuple(name + "." for name in ((names,) if isinstance(names, str) else names))
         upgraded = DiScoFormer(replace(self.config, **changes))
-        weights = {key: value for key, value in self.state_dict().items() if not key.startswith(prefix)}
+        weights = {key: value for key, value in self.state_dict().items() if not key.startswith(prefixes)}
         missing, unexpected = upgraded.load_state_dict(weights, strict=False)
-        assert not unexpected and all(key.startswith(prefix) for key in missing), (missing, unexpected)
+        assert not unexpected and all(key.startswith(prefixes) for key in missing), (missing, unexpected)
         return upgraded
 
 

@@ -48,6 +48,7 @@ from molgen.train import TrainingData
 @dataclass
 class RepairConfig:
     width: int = 256  # hidden width of the adapter's MLP
+    pair_width: int = 0  # hidden width of its pair side (0: none)
     steps: int = 5000
     batch_size: int = 192
     lr: float = 1e-3
@@ -74,9 +75,11 @@ class RepairConfig:
         return asdict(self)
 
 
-def with_repair_adapter(model: DiScoFormer, width: int, min_logsnr: float) -> DiScoFormer:
-    """``model`` with a new (zero, so inactive) repair adapter of hidden ``width``."""
-    return model.with_new_module("repair", repair_adapter=width, repair_min_logsnr=min_logsnr)
+def with_repair_adapter(model: DiScoFormer, width: int, min_logsnr: float, pair_width: int = 0) -> DiScoFormer:
+    """``model`` with a new (zero, so inactive) repair adapter of hidden ``width``, and a pair side of
+    hidden ``pair_width`` (0: none)."""
+    return model.with_new_module(("repair", "repair_pairs"), repair_adapter=width, repair_min_logsnr=min_logsnr,
+                                 repair_pair_adapter=pair_width)
 
 
 def noised_with_estimate(
@@ -159,7 +162,7 @@ def adapter_parameters(model: DiScoFormer) -> list[torch.nn.Parameter]:
     """The repair adapter's parameters, the only ones left trainable."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    parameters = list(model.repair.parameters())
+    parameters = [parameter for name, parameter in model.named_parameters() if name.startswith(("repair.", "repair_pairs."))]
     for parameter in parameters:
         parameter.requires_grad_(True)
     return parameters
@@ -398,7 +401,7 @@ def repair_checkpoint(
     model.load_state_dict(payload["ema"])
     with torch.random.fork_rng():  # the adapter's first layer starts random: seeded, so a run repeats
         torch.manual_seed(config.seed)
-        model = with_repair_adapter(model, config.width, config.min_logsnr)
+        model = with_repair_adapter(model, config.width, config.min_logsnr, config.pair_width)
     noise = NoiseProcess.from_dict(payload["noise"])
     report = fit_repair_adapter(model, data, noise, config, log)
     if config.chains:

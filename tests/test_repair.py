@@ -47,12 +47,13 @@ def test_repair_gate_opens_exactly_on_graphs_that_are_no_molecule():
     assert gate(atoms, bonds).tolist() == [1, 1, 1, 0]
 
 
-def test_repair_adapter_acts_only_on_estimates_that_are_no_molecule_at_low_noise():
+@pytest.mark.parametrize("pair_width", [0, 8])
+def test_repair_adapter_acts_only_on_estimates_that_are_no_molecule_at_low_noise(pair_width):
     vocab, x_atoms, x_bonds, _ = aromatic_graphs(["c1cc[nH]c1", "c1ccncc1"])
     config = DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences), vocab.bond_orders,
                          kekule_features=True, **TINY)
     plain = DiScoFormer(config).eval()
-    repaired = with_repair_adapter(plain, 16, min_logsnr=-1.5).eval()
+    repaired = with_repair_adapter(plain, 16, min_logsnr=-1.5, pair_width=pair_width).eval()
     mask = x_atoms.sum(-1) > 0
     broken = x_atoms.clone()  # molecule 0's estimate: pyrrole with its [nH] made an n
     nitrogen = int((broken[0].argmax(-1) == vocab.index(("N", 0, 1))).nonzero()[0])
@@ -67,15 +68,28 @@ def test_repair_adapter_acts_only_on_estimates_that_are_no_molecule_at_low_noise
     # Zero at first: the new model computes what the old one did, even on a broken estimate.
     torch.testing.assert_close(outputs(repaired, 2.0, (broken, x_bonds)).atom_logits,
                                outputs(plain, 2.0, (broken, x_bonds)).atom_logits)
-    torch.nn.init.normal_(repaired.repair[-1].weight)  # as if fitted
+    torch.testing.assert_close(outputs(repaired, 2.0, (broken, x_bonds)).bond_logits,
+                               outputs(plain, 2.0, (broken, x_bonds)).bond_logits)
+    fitted = [repaired.repair] + ([repaired.repair_pairs] if pair_width else [])
+    for module in fitted:
+        torch.nn.init.normal_(module[-1].weight)  # as if fitted
     new, old = outputs(repaired, 2.0, (broken, x_bonds)), outputs(plain, 2.0, (broken, x_bonds))
     assert not torch.allclose(new.atom_logits[0], old.atom_logits[0])  # the broken estimate opens the gate
     torch.testing.assert_close(new.atom_logits[1], old.atom_logits[1])  # pyridine's does not
+    torch.testing.assert_close(new.bond_logits[1], old.bond_logits[1])
+    if pair_width:  # the pair side alone moves the bonds of a broken estimate
+        torch.nn.init.zeros_(repaired.repair[-1].weight)
+        new = outputs(repaired, 2.0, (broken, x_bonds))
+        torch.testing.assert_close(new.atom_logits[1], old.atom_logits[1])
+        assert not torch.allclose(new.bond_logits[0], old.bond_logits[0])
+        torch.testing.assert_close(new.bond_logits[0], new.bond_logits[0].transpose(0, 1))
+        torch.nn.init.normal_(repaired.repair[-1].weight)
     # Shut at levels noisier than min_logsnr, without an estimate, and on real molecules at the clean
     # end, where the density head reads.
     for logsnr, self_cond in [(-3.0, (broken, x_bonds)), (2.0, None), (9.0, (x_atoms, x_bonds))]:
         new, old = outputs(repaired, logsnr, self_cond), outputs(plain, logsnr, self_cond)
         torch.testing.assert_close(new.atom_logits, old.atom_logits)
+        torch.testing.assert_close(new.bond_logits, old.bond_logits)
         torch.testing.assert_close(new.density, old.density)
 
 
@@ -101,12 +115,12 @@ def aromatic_run(tmp_path_factory):
 
 def test_fitting_the_adapter_lowers_its_loss_and_changes_nothing_else(aromatic_run):
     trainer, _ = aromatic_run
-    model = with_repair_adapter(trainer.ema, 16, min_logsnr=-1.5)
+    model = with_repair_adapter(trainer.ema, 16, min_logsnr=-1.5, pair_width=8)
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    config = RepairConfig(width=16, steps=60, batch_size=32, check_molecules=64)
+    config = RepairConfig(width=16, pair_width=8, steps=60, batch_size=32, check_molecules=64)
     report = fit_repair_adapter(model, trainer.data, NoiseProcess(), config)
     changed = {name for name, value in model.state_dict().items() if not torch.equal(before[name], value)}
-    assert changed and all(name.startswith("repair.") for name in changed)
+    assert {name.split(".")[0] for name in changed} == {"repair", "repair_pairs"}  # both sides, nothing else
     assert report["gated_per_batch"] > 0 and report["check_gated"] > 0
     assert 0.0 <= report["mended_before"] <= 1.0 and 0.0 <= report["mended_after"] <= 1.0
     assert report["loss_last_tenth"] < report["loss_first_tenth"]
@@ -116,8 +130,8 @@ def test_fitting_the_adapter_lowers_its_loss_and_changes_nothing_else(aromatic_r
 def test_cli_repair_writes_a_model_with_the_adapter(aromatic_run, tmp_path, tiny_checkpoint):
     trainer, path = aromatic_run
     output = tmp_path / "repaired.pt"
-    arguments = ["--steps", "20", "--batch-size", "16", "--width", "8", "--chains", "30", "--chain-steps", "3",
-                 "--check-chains", "10"]
+    arguments = ["--steps", "20", "--batch-size", "16", "--width", "8", "--pair-width", "4", "--chains", "30",
+                 "--chain-steps", "3", "--check-chains", "10"]
     result = CliRunner().invoke(app, ["repair", str(trainer.checkpoint_path), "--data", str(path), "-o", str(output),
                                       *arguments])
     assert result.exit_code == 0, result.output
@@ -125,14 +139,15 @@ def test_cli_repair_writes_a_model_with_the_adapter(aromatic_run, tmp_path, tiny
     assert "held-out estimates that were no molecule, the next pass made" in printed
     assert "of 30 of its own chains: raw validity of 10 fresh chains" in printed
     repaired, source = load_model(output), read_checkpoint(trainer.checkpoint_path)["ema"]
-    assert repaired.model.config.repair_adapter == 8 and repaired.meta["repair"]["config"]["steps"] == 20
+    assert repaired.model.config.repair_adapter == 8 and repaired.model.config.repair_pair_adapter == 4
+    assert repaired.meta["repair"]["config"]["steps"] == 20
     again = tmp_path / "again.pt"
     CliRunner().invoke(app, ["repair", str(trainer.checkpoint_path), "--data", str(path), "-o", str(again), *arguments])
     same = read_checkpoint(again)["ema"]
     assert all(torch.equal(value, same[name]) for name, value in read_checkpoint(output)["ema"].items())  # same seed
     card = CliRunner().invoke(app, ["info", "--checkpoint", str(output)])
     text = " ".join(token for token in card.output.split() if token != "│")  # the cell as one line
-    assert "width 8, acts at log-SNR >= -1.5 while the estimate is no molecule; 20 steps; mends" in text
+    assert "width 8 (pair side 4), acts at log-SNR >= -1.5 while the estimate is no molecule; 20 steps; mends" in text
     assert "repair adapter: own chains" in text and "chains, 3 steps; raw validity" in text
     weights = repaired.model.state_dict()
     assert all(torch.equal(weights[name], value) for name, value in source.items())
