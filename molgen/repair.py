@@ -8,8 +8,9 @@ broken copies of molecules (``--repair-share``, ``--bond-repair-share``) mended 
 in likelihood on real ones.
 
 The adapter (``DiScoConfig.repair_adapter``) is an MLP over each atom's inputs added to its
-embedding only while the previous estimate's argmax graph is no molecule and the noise is below
-``repair_min_logsnr`` (:func:`molgen.model.repair_gate`). Whenever the estimate could be a molecule,
+embedding, and optionally (``pair_width``) one over each pair's inputs and its two atoms' flags
+added to its features, only while the previous estimate's argmax graph is no molecule and the noise
+is below ``repair_min_logsnr`` (:func:`molgen.model.repair_gate`). Whenever the estimate could be a molecule,
 the model computes exactly what it did, so the density head of every real molecule is unchanged. It
 is fitted here on training molecules, noised at the levels where chains settle, half of them around
 a broken copy (one ring atom swapped, one bond over a valence or one bridge removed) with the real
@@ -162,7 +163,8 @@ def adapter_parameters(model: DiScoFormer) -> list[torch.nn.Parameter]:
     """The repair adapter's parameters, the only ones left trainable."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    parameters = [parameter for name, parameter in model.named_parameters() if name.startswith(("repair.", "repair_pairs."))]
+    parameters = [parameter for name, parameter in model.named_parameters()
+                  if name.startswith(("repair.", "repair_pairs."))]
     for parameter in parameters:
         parameter.requires_grad_(True)
     return parameters
