@@ -485,7 +485,8 @@ def repair(
     width: int = typer.Option(256, min=1, help="Hidden width of the adapter's MLP."),
     pair_width: int = typer.Option(
         0, min=0, help="Hidden width of a pair side of the adapter, acting on bonds under the same gate (0: none). "
-        "The bundled adapter's is 128: with it raw validity rose 96.8% -> 97.4% at the same uniqueness."),
+        "The bundled adapter's is 128 (raw validity 97.4%, the atom side alone 96.8%; a second fit under --seed 1: "
+        "96.8%)."),
     steps: int = typer.Option(5000, min=1, help="Optimizer steps."),
     batch_size: int = typer.Option(192, min=2, help="Training molecules per step."),
     min_logsnr: float = typer.Option(
