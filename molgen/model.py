@@ -386,7 +386,8 @@ class DiScoFormer(nn.Module):
         if config.repair_pair_adapter:
             if not config.repair_adapter:
                 raise ValueError("the pair side of the repair adapter needs its atom side (repair_adapter)")
-            flags = a + 2 + KEKULE_FEATURES  # each atom's estimate, valence and Kekulé features
+            # Each atom's estimate, valence and Kekulé features (the gate requires the latter).
+            flags = a + sum(width for name, width in derived_atom_features(config) if name in ("valence", "kekule"))
             self.repair_pairs = nn.Sequential(
                 nn.Linear(b + extra_bond + 2 * flags, config.repair_pair_adapter), nn.SiLU(),
                 nn.Linear(config.repair_pair_adapter, dp),

@@ -10,9 +10,9 @@ in likelihood on real ones.
 The adapter (``DiScoConfig.repair_adapter``) is an MLP over each atom's inputs added to its
 embedding, and optionally (``pair_width``) one over each pair's inputs and its two atoms' flags
 added to its features, only while the previous estimate's argmax graph is no molecule and the noise
-is below ``repair_min_logsnr`` (:func:`molgen.model.repair_gate`). Whenever the estimate could be a molecule,
-the model computes exactly what it did, so the density head of every real molecule is unchanged. It
-is fitted here on training molecules, noised at the levels where chains settle, half of them around
+is below ``repair_min_logsnr`` (:func:`molgen.model.repair_gate`). Whenever the estimate could be a
+molecule, the model computes exactly what it did, so the density head of every real molecule is
+unchanged. It is fitted here on training molecules, noised at the levels where chains settle, half of them around
 a broken copy (one ring atom swapped, one bond over a valence or one bridge removed) with the real
 molecule as the target; the loss counts only the molecules whose first estimate opens the gate.
 
@@ -76,10 +76,13 @@ class RepairConfig:
         return asdict(self)
 
 
+ADAPTER_MODULES = ("repair", "repair_pairs")  # the adapter's atom side and pair side
+
+
 def with_repair_adapter(model: DiScoFormer, width: int, min_logsnr: float, pair_width: int = 0) -> DiScoFormer:
     """``model`` with a new (zero, so inactive) repair adapter of hidden ``width``, and a pair side of
     hidden ``pair_width`` (0: none)."""
-    return model.with_new_module(("repair", "repair_pairs"), repair_adapter=width, repair_min_logsnr=min_logsnr,
+    return model.with_new_module(ADAPTER_MODULES, repair_adapter=width, repair_min_logsnr=min_logsnr,
                                  repair_pair_adapter=pair_width)
 
 
@@ -164,7 +167,7 @@ def adapter_parameters(model: DiScoFormer) -> list[torch.nn.Parameter]:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     parameters = [parameter for name, parameter in model.named_parameters()
-                  if name.startswith(("repair.", "repair_pairs."))]
+                  if name.split(".")[0] in ADAPTER_MODULES]
     for parameter in parameters:
         parameter.requires_grad_(True)
     return parameters
