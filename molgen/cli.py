@@ -762,6 +762,10 @@ def evaluate(
     smiles_column: Optional[str] = typer.Option(None, help="SMILES column of --samples (default: detected)."),
     n: int = typer.Option(10_000, "-n", min=2, help="Samples to draw (the published tables use 10,000)."),
     seed: int = typer.Option(0),
+    draws: int = typer.Option(
+        3, min=1, help="Independent draws of -n samples (seeds --seed, --seed + 1, ...) when sampling a checkpoint: "
+        "the generation figures are their means, each draw listed beside them. One 10,000-sample validity or "
+        "uniqueness near 97% moves by 0.17 points from seed to seed."),
     qm9_path: Optional[Path] = QM9_PATH_OPTION,
     density_molecules: int = typer.Option(1000, min=2, help="Test molecules (and their mutants) for density metrics."),
     elbo_samples: int = typer.Option(
@@ -788,13 +792,15 @@ def evaluate(
     if samples is None:
         with console.status("evaluating") as status:
             sampler = SamplerSettings(steps=steps, temperature=temperature, draw_estimate=draw_estimate)
-            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, sampler, log=status.update)
+            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, sampler, log=status.update,
+                                          draws=draws)
         report["checkpoint"] = str(checkpoint or "bundled")
     else:
         with console.status(f"evaluating {len(sample_smiles):,} molecules of {samples}"):
             report = {"samples_file": str(samples),
                       "generation": generation_metrics(sample_smiles, data.test, set(data.train) | set(data.val))}
-    report["settings"] = {"n": n, "seed": seed, "density_molecules": density_molecules, "elbo_samples": elbo_samples}
+    report["settings"] = {"n": n, "seed": seed, "draws": draws if samples is None else 1,
+                          "density_molecules": density_molecules, "elbo_samples": elbo_samples}
     report["molgen_version"] = __version__
     report["seconds"] = time.perf_counter() - started
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -811,19 +817,32 @@ def _report_table(report: dict) -> Table:
     def percent(value):
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
+    def fine_percent(value):
+        return "n/a" if value is None else f"{100 * value:.2f}%"
+
     def number(value, digits=3):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     def interval(bounds):
         return "n/a" if bounds is None else f"{bounds[0]:.3f} to {bounds[1]:.3f}"
 
+    draws = generation.get("draws", [])
+
+    def mean_and_draws(key, show):
+        """The figure, followed by each draw's when there are several (they differ by tenths of a point)."""
+        mean = show(generation.get(key))
+        return mean if len(draws) < 2 else f"{mean} ({', '.join(show(draw[key]).rstrip('%') for draw in draws)})"
+
+    samples = f"{generation['samples']:,}"
+    if len(draws) > 1:  # the rows below are the draws' means, then each draw's figure
+        samples += f" x {len(draws)} draws, seeds {draws[0]['seed']}-{draws[-1]['seed']}"
     rows = [
-        ("samples", f"{generation['samples']:,}"),
-        ("validity without correction", percent(generation["validity_without_correction"])),
+        ("samples", samples),
+        ("validity without correction", mean_and_draws("validity_without_correction", fine_percent)),
         ("validity", percent(generation["validity"])),
-        ("uniqueness", percent(generation["uniqueness"])),
-        ("novelty", percent(generation["novelty"])),
-        ("FCD vs test", number(generation.get("fcd_test"))),
+        ("uniqueness", mean_and_draws("uniqueness", fine_percent)),
+        ("novelty", mean_and_draws("novelty", percent)),
+        ("FCD vs test", mean_and_draws("fcd_test", number)),
         ("NSPDK MMD vs test", number(generation.get("nspdk_mmd_test"), 4)),
         ("KL score (GuacaMol)", number((generation.get("kl_test") or {}).get("score"))),
         ("internal diversity", number(generation["internal_diversity"])),

@@ -27,7 +27,7 @@ from molgen.evaluation.generation import (
     validity,
 )
 from molgen.evaluation.nspdk import nspdk_features, nspdk_kernel, nspdk_mmd
-from molgen.evaluation.report import ReferenceData, floor_reference
+from molgen.evaluation.report import ReferenceData, floor_reference, mean_over_draws
 
 SMALL = ["CCO", "CC(=O)O", "c1ccccc1", "CCN", "C1CCCCC1", "CC#N", "OC1CCOC1", "CC(C)O", "NC(=O)N", "C1=CC=CN1",
          "CCOC", "CC(=O)C", "OCC(O)CO", "C1CC1", "CN(C)C", "O=CC=O", "CC=CC", "N#CC#N", "FC(F)F", "CCCCO"]
@@ -163,6 +163,19 @@ def test_knn_tanimoto_scores_training_molecules_highest_and_marks_bad_smiles():
         TanimotoKNN(["CCO"], k=5)
 
 
+def test_mean_over_draws_averages_numbers_and_keeps_what_the_draws_share():
+    draws = [{"samples": 10, "uniqueness": 0.96, "kl_test": {"score": 0.9, "kl": {"MolWt": 0.1}}, "fcd_test": None,
+              "sampler": {"steps": 100}},
+             {"samples": 10, "uniqueness": 0.98, "kl_test": {"score": 0.7, "kl": {"MolWt": 0.3}}, "fcd_test": 0.5,
+              "sampler": {"steps": 100}}]
+    mean = mean_over_draws(draws)
+    assert mean["uniqueness"] == pytest.approx(0.97) and mean["kl_test"]["score"] == pytest.approx(0.8)
+    assert mean["kl_test"]["kl"]["MolWt"] == pytest.approx(0.2)
+    assert mean["samples"] == 10 and isinstance(mean["samples"], int) and mean["sampler"] == {"steps": 100}
+    assert mean["fcd_test"] is None  # a draw without the figure leaves no mean to quote
+    assert mean_over_draws(draws[:1]) == draws[0]
+
+
 def _stand_in_qm9(folder):
     qm9 = pd.read_csv(shared_file("qm9.csv"))
     rows = pd.concat([qm9.iloc[5000:5180], qm9[qm9["smiles"].str.contains(r"\+|-")].head(20)])
@@ -175,14 +188,24 @@ def _stand_in_qm9(folder):
 def test_cli_evaluate_writes_a_complete_report_for_a_checkpoint(tiny_checkpoint, tmp_path):
     qm9 = _stand_in_qm9(tmp_path / "qm9")
     out = tmp_path / "report.json"
-    result = CliRunner().invoke(app, [
-        "evaluate", "--checkpoint", str(tiny_checkpoint), "--qm9-path", str(qm9), "-n", "24",
-        "--density-molecules", "20", "--elbo-samples", "2", "--steps", "12", "-o", str(out),
-    ])
+    arguments = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--qm9-path", str(qm9), "-n", "24",
+                 "--density-molecules", "20", "--elbo-samples", "2", "--steps", "12"]
+    result = CliRunner().invoke(app, [*arguments, "--draws", "2", "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     generation, density = report["generation"], report["density"]
     assert generation["samples"] == 24 and generation["validity"] == 1.0
+    # Two draws of 24 (seeds 0 and 1), the figures their means; the second is what --seed 1 alone samples.
+    assert [draw["seed"] for draw in generation["draws"]] == [0, 1] and report["settings"]["draws"] == 2
+    for key in ("validity_without_correction", "uniqueness", "novelty", "fcd_test"):
+        assert generation[key] == pytest.approx(np.mean([draw[key] for draw in generation["draws"]])), key
+    assert "24 x 2 draws, seeds 0-1" in result.output
+    alone = tmp_path / "seed1.json"
+    assert CliRunner().invoke(app, [*arguments, "--draws", "1", "--seed", "1", "-o", str(alone)]).exit_code == 0
+    single = json.loads(alone.read_text())["generation"]
+    assert [draw["seed"] for draw in single["draws"]] == [1]
+    for key in ("validity_without_correction", "uniqueness", "novelty", "fcd_test"):
+        assert single[key] == pytest.approx(generation["draws"][1][key]), key
     assert 0 <= generation["validity_without_correction"] <= 1
     for key in ("fcd_test", "nspdk_mmd_test", "internal_diversity", "novelty", "uniqueness"):
         assert np.isfinite(generation[key]), key

@@ -135,22 +135,54 @@ def knn_reference(data: ReferenceData, k: int = 5) -> dict:
     return {"k": k, **decoy_aurocs(knn.score(data.density_test), decoys), "seconds": time.perf_counter() - started}
 
 
-def evaluate_discoformer(
-    loaded: LoadedModel, data: ReferenceData, n: int = 10_000, seed: int = 0, elbo_samples: int = 256,
-    sampler: SamplerSettings = SamplerSettings(), log: Log = lambda message: None,
+# The figures each draw of a multi-draw evaluation lists beside the mean (``generation["draws"]``).
+DRAW_FIGURES = ("validity_without_correction", "uniqueness", "novelty", "fcd_test", "nspdk_mmd_test",
+                "internal_diversity", "sampling_molecules_per_second")
+
+
+def sampled_generation(
+    loaded: LoadedModel, data: ReferenceData, n: int, seed: int, sampler: SamplerSettings, log: Log,
 ) -> dict:
-    """The full report of one checkpoint: generation metrics on ``n`` samples drawn with ``sampler``
-    (default: the settings `molgen generate` uses), density metrics, and the kNN-Tanimoto reference
-    on the same decoys."""
-    log(f"sampling {n:,} molecules")
+    """Generation metrics of ``n`` molecules sampled with ``sampler`` under ``seed``, and the sampling speed."""
+    log(f"sampling {n:,} molecules (seed {seed})")
     started = time.perf_counter()
     frame, _ = sample_molecules(loaded, GenerateOptions(n=n, seed=seed, sampler=sampler))
     sampling_seconds = time.perf_counter() - started
-    log("generation metrics (FCD, NSPDK, KL)")
+    log(f"generation metrics of seed {seed} (FCD, NSPDK, KL)")
     generation = generation_metrics(
         frame["smiles"].tolist(), data.test, set(data.train) | set(data.val), frame["raw_valid"].tolist()
     )
     generation["sampling_molecules_per_second"] = n / sampling_seconds
+    return generation
+
+
+def mean_over_draws(draws: list[dict]) -> dict:
+    """Several draws' generation metrics as one: each number (nested ones too) their mean, None where
+    any draw has None, and anything the draws share (sample count, settings) as it is."""
+    first = draws[0]
+    if isinstance(first, dict):
+        return {key: mean_over_draws([draw[key] for draw in draws]) for key in first}
+    if all(draw == first for draw in draws):
+        return first
+    if any(draw is None for draw in draws):
+        return None
+    return float(np.mean(draws))
+
+
+def evaluate_discoformer(
+    loaded: LoadedModel, data: ReferenceData, n: int = 10_000, seed: int = 0, elbo_samples: int = 256,
+    sampler: SamplerSettings = SamplerSettings(), log: Log = lambda message: None, draws: int = 1,
+) -> dict:
+    """The full report of one checkpoint: generation metrics on ``n`` samples drawn with ``sampler``
+    (default: the settings `molgen generate` uses), density metrics, and the kNN-Tanimoto reference
+    on the same decoys. With ``draws`` > 1 the generation metrics are the means of that many
+    independent draws of ``n`` (seeds ``seed``, ``seed + 1``, ...), each listed under "draws": one
+    10,000-sample validity or uniqueness near 97% moves by 0.17 points (binomial standard error)
+    from seed to seed."""
+    per_draw = [sampled_generation(loaded, data, n, seed + k, sampler, log) for k in range(draws)]
+    generation = mean_over_draws(per_draw)
+    generation["draws"] = [{"seed": seed + k, **{key: draw[key] for key in DRAW_FIGURES},
+                            "kl_score": (draw.get("kl_test") or {}).get("score")} for k, draw in enumerate(per_draw)]
     generation["sampler"] = sampler.to_dict()
     log(f"density metrics ({len(data.density_test):,} test molecules, {elbo_samples} ELBO levels)")
     density = discoformer_density(loaded, data, elbo_samples, seed)
@@ -203,6 +235,7 @@ def headline_figures(report: dict) -> dict:
     generation, density = report["generation"], report["density"]
     return {
         "evaluated_samples": generation["samples"],
+        "evaluated_draws": len(generation.get("draws", [])) or 1,  # figures below: the draws' means
         "validity_without_correction": generation["validity_without_correction"],
         "uniqueness": generation["uniqueness"],
         "novelty": generation["novelty"],
