@@ -5,8 +5,8 @@
 Parts (each writes benchmarks/results/eval_<part>.json; BENCHMARKS.md is rebuilt from whatever
 part files exist, so a part can be rerun alone):
   * discoformer: ``molgen evaluate`` of the checkpoint (bundled by default): 10,000 samples at
-    default settings, three times (``--draws``, seeds 0 to 2) and averaged, density metrics on 1,000 test molecules and their single-edit mutants, the
-    kNN-Tanimoto scorer on the same decoys;
+    default settings, drawn three times (``--draws``, seeds 0 to 2) and averaged; density metrics on
+    1,000 test molecules and their single-edit mutants, the kNN-Tanimoto scorer on the same decoys;
   * floor: 10,000 training molecules drawn with replacement, scored as if generated (a perfect sampler
     of the training set);
   * smiles_lm: an autoregressive SMILES Transformer of comparable size trained here on the same

@@ -159,14 +159,18 @@ def sampled_generation(
 def mean_over_draws(draws: list[dict]) -> dict:
     """Several draws' generation metrics as one: each number (nested ones too) their mean, None where
     any draw has None, and anything the draws share (sample count, settings) as it is."""
-    first = draws[0]
+    return _mean_of_values(draws)
+
+
+def _mean_of_values(values: list):
+    first = values[0]
     if isinstance(first, dict):
-        return {key: mean_over_draws([draw[key] for draw in draws]) for key in first}
-    if all(draw == first for draw in draws):
+        return {key: _mean_of_values([value[key] for value in values]) for key in first}
+    if all(value == first for value in values):
         return first
-    if any(draw is None for draw in draws):
+    if any(value is None for value in values):
         return None
-    return float(np.mean(draws))
+    return float(np.mean(values))
 
 
 def evaluate_discoformer(
