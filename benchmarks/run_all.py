@@ -109,6 +109,7 @@ def write_benchmarks_md(parts: dict) -> None:
              "smiles_lm": "SMILES Transformer reference (this repo, {params} parameters, {epochs} epochs, "
                           "{minutes:.0f} CPU-min)",
              "floor": "floor: 10,000 training molecules drawn with replacement"}
+    draws = parts.get("discoformer", {}).get("generation", {}).get("draws", [])
     for part in ("discoformer", "smiles_lm", "floor"):
         if part not in parts:
             continue
@@ -121,13 +122,11 @@ def write_benchmarks_md(parts: dict) -> None:
         if model.get("initialized_from"):
             total = warm_start_seconds(model["initialized_from"])
             label = label[:-1] + f", started from models of {total / 60:.0f} CPU-min in all)"
-        draws = generation.get("draws", [])
-        if len(draws) > 1:
+        if part == "discoformer" and len(draws) > 1:
             label = label[:-1] + f"; mean of {len(draws)} draws)"
         lines.append(f"| {label} | " + " | ".join(fmt(generation.get(key), kind) for _, key, kind in columns) + " |")
     for row in PUBLISHED:
         lines.append(f"| {row['model']} | " + " | ".join(fmt(row.get(key), kind) for _, key, kind in columns) + " |")
-    draws = parts.get("discoformer", {}).get("generation", {}).get("draws", [])
     if len(draws) > 1:
         lines += ["", f"The DiScoFormer's row is the mean of {len(draws)} independent draws of "
                   f"{parts['discoformer']['generation']['samples']:,} samples; each draw (seed: validity w/o "

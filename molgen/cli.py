@@ -814,11 +814,11 @@ def _report_table(report: dict) -> Table:
     table.add_column("", justify="right")
     generation = report["generation"]
 
-    def percent(value):
-        return "n/a" if value is None else f"{100 * value:.1f}%"
+    def percent(value, digits=1):
+        return "n/a" if value is None else f"{100 * value:.{digits}f}%"
 
-    def fine_percent(value):
-        return "n/a" if value is None else f"{100 * value:.2f}%"
+    def fine_percent(value):  # validity and uniqueness: their bars are decided by tenths of a point
+        return percent(value, 2)
 
     def number(value, digits=3):
         return "n/a" if value is None else f"{value:.{digits}f}"

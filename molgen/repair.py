@@ -12,9 +12,10 @@ embedding, and optionally (``pair_width``) one over each pair's inputs and its t
 added to its features, only while the previous estimate's argmax graph is no molecule and the noise
 is below ``repair_min_logsnr`` (:func:`molgen.model.repair_gate`). Whenever the estimate could be a
 molecule, the model computes exactly what it did, so the density head of every real molecule is
-unchanged. It is fitted here on training molecules, noised at the levels where chains settle, half of them around
-a broken copy (one ring atom swapped, one bond over a valence or one bridge removed) with the real
-molecule as the target; the loss counts only the molecules whose first estimate opens the gate.
+unchanged. It is fitted here on training molecules, noised at the levels where chains settle, half
+of them around a broken copy (one ring atom swapped, one bond over a valence or one bridge removed)
+with the real molecule as the target; the loss counts only the molecules whose first estimate opens
+the gate.
 
 Broken copies are not what the sampler makes: its failures are mostly rings of three or four
 aromatic atoms and five-membered rings one hydrogen off. So the adapter is then fine-tuned on the
