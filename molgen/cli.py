@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -24,7 +21,7 @@ from rich.table import Table
 
 from molgen import __version__
 from molgen.checkpoint import BUNDLED, export_inference, load_model, read_checkpoint, warm_start_seconds
-from molgen.checks import RULES, CheckConfig, CheckSpecError, append_results, run_checks
+from molgen.checks import RULES, CheckConfig, CheckSpecError
 from molgen.data import locate_qm9, prepare_dataset
 from molgen.io import DEFAULT_CHUNK_SIZE, InputError, TableWriter, read_molecules
 from molgen.likelihood import MAX_ELBO_ROWS
@@ -34,7 +31,7 @@ from molgen.pipeline import GenerateOptions
 from molgen.pipeline import generate as run_generate
 from molgen.sampler import SamplerSettings
 from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer
-from molgen.screen import FilterSpec, ScreenSummary, StrictFailure, screen_file
+from molgen.screen import FilterSpec, ScreenSummary, StrictFailure, check_file, screen_file
 from molgen.tokenizer import REPAIR_SWAPS, Vocabulary
 from molgen.train import TrainConfig, Trainer, TrainingData, noise_config
 
@@ -110,39 +107,26 @@ def check(
     """RDKit checks on a molecule file: every input column kept, results appended, a status per row."""
     try:
         config = CheckConfig.from_strings(rule, [alerts] if alerts else [], prop)
-        writer = TableWriter(output)
-        chunks = read_molecules(input, smiles_column, chunk_size)
+        read_molecules(input, smiles_column, 1)  # fail on a missing file or column before any work
+        TableWriter(output)  # and on an output format that cannot be written
     except (InputError, CheckSpecError) as error:
         raise _fail(str(error), 2) from None
 
     started = time.perf_counter()
-    statuses: Counter[str] = Counter()
-    failures: Counter[str] = Counter()
-    passed = 0
     try:
-        with ExitStack() as stack:
-            pool = stack.enter_context(ProcessPoolExecutor(workers)) if workers > 1 else None
-            progress = stack.enter_context(_progress())
+        with _progress() as progress:
             task = progress.add_task("checking", rate="")
-            for chunk in chunks:
-                results = run_checks(chunk.smiles, config, chunk.read_error, pool, chunk.frame.index)
-                bad = results["status"] != "ok"
-                if strict and bad.any():
-                    row = int(results.index[bad.to_numpy().argmax()])
-                    raise Failure(f"row {row + 1}: {results.at[row, 'status']}: {results.at[row, 'reason']} (--strict)")
-                writer.write(append_results(chunk.frame, results))
-                statuses.update(results["status"].tolist())
-                passed += int(results["passed_checks"].sum())
-                for text in results.loc[~bad, "failed_checks"]:
-                    failures.update({item.split(":")[0] for item in text.split(";") if item})
-                elapsed = time.perf_counter() - started
-                progress.update(task, advance=len(chunk), rate=f"{writer.rows_written / elapsed:,.0f} rows/s")
-        writer.close()
+
+            def on_chunk(summary: ScreenSummary) -> None:
+                rate = summary.rows / (time.perf_counter() - started)
+                progress.update(task, completed=summary.rows, rate=f"{rate:,.0f} rows/s")
+
+            summary = check_file(input, output, config, smiles_column, chunk_size, workers, strict, on_chunk)
     except (InputError, CheckSpecError) as error:
-        writer.abort()
         raise _fail(str(error), 2) from None
-    except (Failure, pd.errors.ParserError, OSError) as error:
-        writer.abort()
+    except StrictFailure as error:
+        raise _fail(str(error), 1) from None
+    except (pd.errors.ParserError, OSError) as error:
         raise _fail(str(error).strip(), 1) from None
 
     elapsed = time.perf_counter() - started
@@ -151,13 +135,13 @@ def check(
     table = Table()
     table.add_column("")
     table.add_column("rows", justify="right")
-    table.add_row("read", f"{writer.rows_written:,}")
-    for name, count in sorted(statuses.items()):
+    table.add_row("read", f"{summary.rows:,}")
+    for name, count in sorted(summary.statuses.items()):
         table.add_row(f"status {name}", f"{count:,}")
-    for name, count in failures.most_common():
+    for name, count in summary.removed_by.most_common():
         table.add_row(f"failed {name}", f"{count:,}")
-    table.add_row("passed all checks", f"{passed:,}")
-    table.add_row("time", f"{elapsed:.1f} s ({writer.rows_written / max(elapsed, 1e-9):,.0f} rows/s)")
+    table.add_row("passed all checks", f"{summary.passed:,}")
+    table.add_row("time", f"{elapsed:.1f} s ({summary.rows / max(elapsed, 1e-9):,.0f} rows/s)")
     out.print(table)
 
 
@@ -665,9 +649,11 @@ def _draw_grid(frame: pd.DataFrame, path: Path) -> None:
 
 @app.command()
 def info(
-    checkpoint: Optional[Path] = typer.Option(None, help="Checkpoint (default: the bundled QM9 model)."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint (default: the bundled QM9 model)."),
+    checkpoint_option: Optional[Path] = typer.Option(None, "--checkpoint", hidden=True),  # the earlier spelling
 ) -> None:
     """Print a checkpoint's card: data, size, training, metrics."""
+    checkpoint = checkpoint or checkpoint_option
     try:
         loaded = load_model(checkpoint)
     except (FileNotFoundError, ValueError) as error:
@@ -694,6 +680,8 @@ def info(
                      f"{meta.get('train_config', {}).get('device', 'cpu')}, {meta.get('epochs_done', 0):.1f} epochs, "
                      f"step {meta.get('step', 0):,}"),
         ("training set hashes", "yes (novelty)" if loaded.train_hashes is not None else "no"),
+        ("content digest", f"sha256 {loaded.digest} (checked at load)" if loaded.digest
+         else "none (written before checkpoints carried one: not checked)"),
     ]
     if meta.get("initialized_from"):
         start = meta["initialized_from"]
@@ -889,7 +877,7 @@ def _screen(
             task = progress.add_task("scoring" if filter_spec is None else "filtering", rate="")
 
             def on_chunk(summary: ScreenSummary) -> None:
-                rate = summary.rows / (time.perf_counter() - started)
+                rate = (summary.rows - summary.skipped_on_resume) / (time.perf_counter() - started)
                 progress.update(task, completed=summary.rows, rate=f"{rate:,.0f} rows/s")
 
             summary = screen_file(input, output, scorer, smiles_column, chunk_size, workers, strict, resume,
@@ -903,10 +891,11 @@ def _screen(
     except (pd.errors.ParserError, OSError) as error:
         raise _fail(str(error).strip(), 1) from None
     summary_seconds = time.perf_counter() - started
+    new_rows = summary.rows - summary.skipped_on_resume
     out = Console()
-    out.print(f"{input} -> {output}: {summary.rows:,} rows in {summary_seconds:.1f} s "
-              f"({summary.rows / max(summary_seconds, 1e-9):,.0f} rows/s)"
-              + (f", {summary.skipped_on_resume:,} already done before --resume" if summary.skipped_on_resume else ""),
+    out.print(f"{input} -> {output}: {summary.rows:,} rows"
+              + (f" ({summary.skipped_on_resume:,} done before --resume)" if summary.skipped_on_resume else "")
+              + f"; {new_rows:,} in {summary_seconds:.1f} s ({new_rows / max(summary_seconds, 1e-9):,.0f} rows/s)",
               highlight=False, soft_wrap=True)
     for name, count in sorted(summary.statuses.items()):
         out.print(f"  status {name}: {count:,}", highlight=False)

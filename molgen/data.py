@@ -12,7 +12,6 @@ import json
 import os
 import tempfile
 import urllib.request
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 
 from molgen.chemistry import canonical_smiles, parse_smiles_with_reason
 from molgen.io import InputError, read_molecules
+from molgen.workers import process_pool
 from molgen.tokenizer import (
     TOKENIZER_VERSION,
     GraphBatch,
@@ -270,7 +270,7 @@ def prepare_dataset(
     parts = [smiles[i : i + 5_000] for i in range(0, n_rows, 5_000)]
     encode = partial(_graphs_of, aromatic_bonds=aromatic_bonds)
     if workers > 1 and len(parts) > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             results = [r for part in pool.map(encode, parts) for r in part]
     else:
         results = [r for part in parts for r in encode(part)]

@@ -3,6 +3,11 @@
 Readers yield :class:`Chunk` objects of at most ``chunk_size`` rows, so memory stays flat whatever
 the file size. Every row of the input appears in exactly one chunk, in file order: rows that cannot
 be read as a molecule keep their place with ``smiles`` None and a ``read_error``, so nothing is lost.
+An input without rows yields one empty chunk that still carries the columns, so its output has a header.
+
+Text is decoded as UTF-8 (a leading byte-order mark dropped) with undecodable bytes kept as
+surrogate escapes: the SMILES parser then reports such a cell, and the echoed input columns show
+each bad byte and control character as a ``\\xNN`` escape, so outputs hold only valid text.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import gzip
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,12 +25,18 @@ from typing import Iterator
 import pandas as pd
 from rdkit import Chem
 
+from molgen.chemistry import SURROUNDING_BLANKS, parse_smiles
+
 DEFAULT_CHUNK_SIZE = 10_000
 SMILES_FORMATS = {".smi", ".smiles", ".ism", ".can"}
 SDF_FORMATS = {".sdf", ".sd", ".mol"}
 PARQUET_FORMATS = {".parquet", ".pq"}
 TABLE_FORMATS = {".csv": ",", ".tsv": "\t", ".txt": ","}
 READABLE_FORMATS = sorted(set(TABLE_FORMATS) | SMILES_FORMATS | SDF_FORMATS | PARQUET_FORMATS)
+# Control characters (tab, newline and carriage return are text) and undecodable bytes.
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\udc80-\udcff]")
+# A huge cell is a row to report, not a reason to stop: the csv module's default limit is 128 KiB.
+csv.field_size_limit(2**31 - 1)
 
 
 class InputError(ValueError):
@@ -63,6 +75,8 @@ def read_molecules(
 ) -> Iterator[Chunk]:
     """Stream ``path`` in chunks; ``smiles_column`` defaults to a column named smiles (any case)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"input {str(path)!r} is a directory: give one molecule file")
     if not path.is_file():
         raise InputError(f"input file {str(path)!r} does not exist")
     suffix = file_format(path)
@@ -90,22 +104,36 @@ def resolve_smiles_column(columns: list[str], requested: str | None) -> str:
 
 def _open_text(path: Path):
     raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
-    # Undecodable bytes become U+FFFD so the row survives and is reported, not the whole file lost.
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    # Undecodable bytes become surrogate escapes so the row survives and is reported, not the file lost;
+    # utf-8-sig drops the byte-order mark that Excel writes before the header.
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def as_text(value: str) -> str:
+    """``value`` with each undecodable byte and control character written as a ``\\xNN`` escape."""
+    return _NOT_TEXT.sub(_escape, value) if _NOT_TEXT.search(value) else value
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00 if code >= 0xDC00 else code:02x}"
 
 
 def _read_table(path: Path, sep: str, smiles_column: str | None, chunk_size: int) -> Iterator[Chunk]:
     with _open_text(path) as handle:
-        header = next(csv.reader(handle, delimiter=sep), [])
+        header = next(csv.reader(handle, delimiter=sep), None)
+    if not header or not any(name.strip() for name in header):
+        raise InputError(f"{path.name} is empty: a {path.suffix.lstrip('.').upper()} file needs a header line"
+                         " naming its columns")
     column = resolve_smiles_column(header, smiles_column)  # fail before any work
-    return _table_chunks(path, sep, header, column, chunk_size)
+    return _table_chunks(path, sep, [as_text(name) for name in header], header.index(column), chunk_size)
 
 
-def _table_chunks(path: Path, sep: str, header: list[str], column: str, chunk_size: int) -> Iterator[Chunk]:
+def _table_chunks(path: Path, sep: str, header: list[str], position: int, chunk_size: int) -> Iterator[Chunk]:
     """Rows in order, quoted fields (separators, newlines) honoured; a blank line is a row of empty
     fields, and a line with the wrong number of fields is kept with a read error naming the count,
     so a malformed line never stops a run."""
-    width, position = len(header), header.index(column)
+    width = len(header)
     rows: list[list[str]] = []
     errors: list[str | None] = []
     start = 0
@@ -122,34 +150,40 @@ def _table_chunks(path: Path, sep: str, header: list[str], column: str, chunk_si
                 yield _table_chunk(rows, errors, header, position, start)
                 start += len(rows)
                 rows, errors = [], []
-    if rows:
+    if rows or not start:
         yield _table_chunk(rows, errors, header, position, start)
 
 
 def _table_chunk(rows: list[list[str]], errors: list, header: list[str], position: int, start: int) -> Chunk:
-    frame = pd.DataFrame(rows, columns=header, index=pd.RangeIndex(start, start + len(rows)))
     smiles = [None if error else (row[position] or None) for row, error in zip(rows, errors)]
+    text_rows = [[as_text(field) for field in row] if _NOT_TEXT.search(",".join(row)) else row for row in rows]
+    frame = pd.DataFrame(text_rows, columns=header, index=pd.RangeIndex(start, start + len(rows)))
     return Chunk(frame, smiles, errors, header[position])
 
 
 def _read_smi(path: Path, chunk_size: int) -> Iterator[Chunk]:
-    """One molecule per line: SMILES, then optionally whitespace and a name."""
+    """One molecule per line: SMILES, then optionally spaces or tabs and a name (the .smi convention);
+    a line is split at its first blank only, so a SMILES with other characters fails as a whole."""
     start = 0
     rows: list[tuple[str, str]] = []
     with _open_text(path) as handle:
         for line in handle:
-            parts = line.strip().split(maxsplit=1)
-            rows.append((parts[0] if parts else "", parts[1] if len(parts) > 1 else ""))
+            parts = _SMI_SEPARATOR.split(line.strip(SURROUNDING_BLANKS), maxsplit=1)
+            rows.append((parts[0], parts[1] if len(parts) > 1 else ""))
             if len(rows) == chunk_size:
                 yield _smi_chunk(rows, start)
                 start += len(rows)
                 rows = []
-    if rows:
+    if rows or not start:
         yield _smi_chunk(rows, start)
 
 
+_SMI_SEPARATOR = re.compile("[ \t]+")
+
+
 def _smi_chunk(rows: list[tuple[str, str]], start: int) -> Chunk:
-    frame = pd.DataFrame(rows, columns=["smiles", "name"], index=pd.RangeIndex(start, start + len(rows)))
+    text_rows = [(as_text(s), as_text(name)) for s, name in rows]
+    frame = pd.DataFrame(text_rows, columns=["smiles", "name"], index=pd.RangeIndex(start, start + len(rows)))
     return Chunk(frame, [s or None for s, _ in rows], [None] * len(rows))
 
 
@@ -170,7 +204,7 @@ def _read_sdf(path: Path, chunk_size: int) -> Iterator[Chunk]:
                 yield _sdf_chunk(records, smiles, errors, start)
                 start += len(records)
                 records, smiles, errors = [], [], []
-        if records:
+        if records or not start:
             yield _sdf_chunk(records, smiles, errors, start)
 
 
@@ -188,9 +222,10 @@ def _sdf_record(mol: Chem.Mol | None, number: int) -> tuple[dict, str | None, st
 
 
 def _sdf_chunk(records: list[dict], smiles: list, errors: list, start: int) -> Chunk:
-    frame = pd.DataFrame.from_records(records, index=pd.RangeIndex(start, start + len(records)))
+    frame = pd.DataFrame.from_records(records, columns=None if records else ["name"],
+                                      index=pd.RangeIndex(start, start + len(records)))
     frame.insert(0, "smiles", [s or "" for s in smiles])
-    return Chunk(frame.astype(str), smiles, errors)
+    return Chunk(frame.astype(str).map(lambda v: as_text(v) if isinstance(v, str) else v), smiles, errors)
 
 
 def _read_parquet(path: Path, smiles_column: str | None, chunk_size: int) -> Iterator[Chunk]:
@@ -202,11 +237,18 @@ def _read_parquet(path: Path, smiles_column: str | None, chunk_size: int) -> Ite
     column = resolve_smiles_column(parquet.schema_arrow.names, smiles_column)
     start = 0
     for batch in parquet.iter_batches(batch_size=chunk_size):
-        frame = batch.to_pandas()
-        frame.index = pd.RangeIndex(start, start + len(frame))
-        start += len(frame)
-        smiles = [s if isinstance(s, str) and s else None for s in frame[column].tolist()]
-        yield Chunk(frame, smiles, [None] * len(frame), column)
+        yield _parquet_chunk(batch.to_pandas(), column, start)
+        start += batch.num_rows
+    if not start:
+        yield _parquet_chunk(parquet.schema_arrow.empty_table().to_pandas(), column, 0)
+
+
+def _parquet_chunk(frame: pd.DataFrame, column: str, start: int) -> Chunk:
+    frame.index = pd.RangeIndex(start, start + len(frame))
+    smiles = [s if isinstance(s, str) and s else None for s in frame[column].tolist()]
+    for name in frame.select_dtypes(include=["object", "string"]).columns:  # UTF-8, but may hold controls
+        frame[name] = [as_text(v) if isinstance(v, str) else v for v in frame[name]]
+    return Chunk(frame, smiles, [None] * len(frame), column)
 
 
 class TableWriter:
@@ -238,6 +280,7 @@ class TableWriter:
         self._parquet = None
         self.rows_written = 0
         self.source_rows_done = 0
+        self.resumed_state: dict = {}  # what the interrupted run passed as ``state`` with its last chunk
         self._header_written = False
         if resume:
             if self._format in {".parquet", ".pq"}:
@@ -249,12 +292,14 @@ class TableWriter:
                 self.rows_written = int(state["rows"])
                 self.source_rows_done = int(state["source_rows"])
                 self._header_written = state["bytes"] > 0
+                self.resumed_state = state.get("state", {})
         else:
             self._progress.unlink(missing_ok=True)
             self._partial.unlink(missing_ok=True)
 
-    def write(self, frame: pd.DataFrame, source_rows_done: int | None = None) -> None:
-        """Append ``frame``; ``source_rows_done``: input rows covered so far (default: rows written)."""
+    def write(self, frame: pd.DataFrame, source_rows_done: int | None = None, state: dict | None = None) -> None:
+        """Append ``frame``; ``source_rows_done``: input rows covered so far (default: rows written);
+        ``state``: plain values a resumed run gets back as ``resumed_state`` (e.g. its counts)."""
         self.source_rows_done = source_rows_done if source_rows_done is not None else self.rows_written + len(frame)
         if self._format in {".parquet", ".pq"}:
             self._write_parquet(frame)
@@ -273,7 +318,8 @@ class TableWriter:
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self.rows_written += len(frame)
-        progress = {"rows": self.rows_written, "bytes": self._handle.tell(), "source_rows": self.source_rows_done}
+        progress = {"rows": self.rows_written, "bytes": self._handle.tell(), "source_rows": self.source_rows_done,
+                    "state": state or {}}
         tmp = self._progress.with_name(self._progress.name + ".tmp")
         tmp.write_text(json.dumps(progress))
         os.replace(tmp, self._progress)
@@ -312,8 +358,6 @@ class TableWriter:
 def _sdf_block(frame: pd.DataFrame, smiles_column: str) -> str:
     """SDF records for a chunk, every column as a data item; a row without a valid molecule is kept
     as an empty record (its properties say why), so the record count equals the row count."""
-    from molgen.chemistry import parse_smiles
-
     buffer = io.StringIO()
     writer = Chem.SDWriter(buffer)
     for row in frame.itertuples(index=False):

@@ -19,6 +19,7 @@ import pandas as pd
 from molgen.checks import CheckConfig, append_results, run_checks
 from molgen.io import Chunk, TableWriter, read_molecules
 from molgen.scoring import DEFAULT_MIN_PERCENTILE, EncodedChunk, Scorer, encode_smiles
+from molgen.workers import process_pool
 
 FILTER_COLUMNS = ["passed", "failed_checks"]
 
@@ -37,18 +38,31 @@ class FilterSpec:
 
 @dataclass
 class ScreenSummary:
+    """Counts over the whole input; after ``--resume`` they include the rows written before it."""
+
     rows: int = 0
     written: int = 0
-    skipped_on_resume: int = 0
+    skipped_on_resume: int = 0  # rows done by the interrupted run
     statuses: Counter = field(default_factory=Counter)
     removed_by: Counter = field(default_factory=Counter)  # criterion -> rows it failed
     passed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "written": self.written, "statuses": dict(self.statuses),
+                "removed_by": dict(self.removed_by), "passed": self.passed}
+
+    @classmethod
+    def resumed(cls, state: dict, skipped: int) -> "ScreenSummary":
+        """The summary an interrupted run saved beside its output, continued."""
+        return cls(rows=state.get("rows", skipped), written=state.get("written", 0), skipped_on_resume=skipped,
+                   statuses=Counter(state.get("statuses", {})), removed_by=Counter(state.get("removed_by", {})),
+                   passed=state.get("passed", 0))
 
 
 def _skip_rows(chunks: Iterator[Chunk], skip: int) -> Iterator[Chunk]:
     """Chunks with the first ``skip`` input rows removed (rows already written before a resume)."""
     for chunk in chunks:
-        if len(chunk) == 0 or chunk.frame.index[-1] < skip:
+        if len(chunk) and chunk.frame.index[-1] < skip:
             continue
         if chunk.frame.index[0] < skip:
             keep = chunk.frame.index >= skip
@@ -111,10 +125,10 @@ def screen_file(
     ``failed_checks`` when ``keep_failed``.
     """
     writer = TableWriter(output_path, resume=resume)
-    summary = ScreenSummary(skipped_on_resume=writer.source_rows_done)
+    summary = ScreenSummary.resumed(writer.resumed_state, writer.source_rows_done)
     chunks = _skip_rows(read_molecules(input_path, smiles_column, chunk_size), writer.source_rows_done)
     vocab_dict = scorer.loaded.vocab.to_dict()
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    pool = process_pool(workers) if workers > 1 else None
     try:
         for chunk, encoded in _encoded_chunks(chunks, vocab_dict, pool, ahead=workers):
             scores = scorer.score_encoded(encoded, chunk.frame.index, chunk_seed=int(chunk.frame.index[0]))
@@ -139,17 +153,59 @@ def screen_file(
                 summary.passed += int(verdict["passed"].sum())
                 if not keep_failed:
                     output = output[verdict["passed"].to_numpy()]
-            writer.smiles_column = chunk.smiles_column
-            writer.write(output, source_rows_done=int(chunk.frame.index[-1]) + 1)
             summary.rows += len(chunk)
             summary.written += len(output)
             summary.statuses.update(scores["status"].tolist())
+            writer.smiles_column = chunk.smiles_column
+            writer.write(output, source_rows_done=summary.rows, state=summary.to_dict())
             if on_chunk:
                 on_chunk(summary)
         writer.close()
     except BaseException:
         if strict:
             writer.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return summary
+
+
+def check_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    config: CheckConfig,
+    smiles_column: str | None = None,
+    chunk_size: int = 10_000,
+    workers: int = 1,
+    strict: bool = False,
+    on_chunk: Callable[[ScreenSummary], None] | None = None,
+) -> ScreenSummary:
+    """RDKit checks on every row of ``input_path``, the input columns kept and the results appended;
+    the output file appears only when the run completes."""
+    writer = TableWriter(output_path)
+    summary = ScreenSummary()
+    pool = process_pool(workers) if workers > 1 else None
+    try:
+        for chunk in read_molecules(input_path, smiles_column, chunk_size):
+            results = run_checks(chunk.smiles, config, chunk.read_error, pool, chunk.frame.index)
+            bad = results["status"] != "ok"
+            if strict and bad.any():
+                row = int(results.index[bad.to_numpy().argmax()])
+                raise StrictFailure(f"row {row + 1}: {results.at[row, 'status']}: {results.at[row, 'reason']} (--strict)")
+            writer.smiles_column = chunk.smiles_column
+            writer.write(append_results(chunk.frame, results))
+            summary.rows += len(chunk)
+            summary.written += len(chunk)
+            summary.statuses.update(results["status"].tolist())
+            summary.passed += int(results["passed_checks"].sum())
+            for text in results.loc[~bad, "failed_checks"]:
+                summary.removed_by.update({item.split(":")[0] for item in text.split(";") if item})
+            if on_chunk:
+                on_chunk(summary)
+        writer.close()
+    except BaseException:
+        writer.abort()
         raise
     finally:
         if pool is not None:

@@ -253,7 +253,7 @@ def test_save_then_load_gives_identical_outputs(setup, tmp_path):
     dist = torch.zeros(len(SMILES), dtype=torch.long)
     assert torch.equal(log_density(model, batch, dist, noise), log_density(loaded.model, batch, dist, loaded.noise))
     assert loaded.vocab == vocab
-    with pytest.raises(ValueError, match="not a molgen checkpoint"):
+    with pytest.raises(ValueError, match="not a checkpoint: not a PyTorch file"):
         (tmp_path / "junk.pt").write_bytes(b"junk")
         read_checkpoint(tmp_path / "junk.pt")
 

@@ -150,7 +150,10 @@ def test_resume_after_a_kill_gives_the_same_output(tiny_checkpoint, tmp_path):
     assert not out.exists(), "the run finished before it could be killed"
     done = subprocess.run(base + ["-o", str(out), "--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "already done before --resume" in done.stdout
+    assert "6,000 rows (" in done.stdout and "done before --resume" in done.stdout
+    status_counts = [int(line.split(":")[1].replace(",", "")) for line in done.stdout.splitlines()
+                     if line.strip().startswith("status ")]
+    assert sum(status_counts) == 6000  # the summary counts the rows of both runs
     assert out.read_bytes() == straight.read_bytes()
     assert len(pd.read_csv(out)) == 6000
 
