@@ -6,6 +6,13 @@ Exit codes: 0 success, 2 usage error (bad option, unreadable input, unknown colu
 
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning: a spinning thread holds a core that another job on a
+# shared machine needs, and molgen generate then ran at a tenth of its speed beside two busy jobs
+# (benchmarks/threads.py). It must be set before torch loads OpenMP; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import json
 import time
 from pathlib import Path
@@ -33,6 +40,7 @@ from molgen.sampler import SamplerSettings
 from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer
 from molgen.screen import FilterSpec, ScreenSummary, StrictFailure, check_file, screen_file
 from molgen.tokenizer import REPAIR_SWAPS, Vocabulary
+from molgen.workers import set_threads
 from molgen.train import TrainConfig, Trainer, TrainingData, noise_config
 
 app = typer.Typer(
@@ -90,6 +98,10 @@ def _progress() -> Progress:
 QM9_PATH_OPTION = typer.Option(None, "--qm9-path", help="Folder or qm9.csv with qm9_test_idx.json beside it.")
 TRAINED_ON_OPTION = typer.Option(["qm9"], "--data", help="The training sets it was trained on, as for train.")
 IN_PLACE_OUTPUT_OPTION = typer.Option(None, "--output", "-o", help="Where to write (default: in place).")
+THREADS_OPTION = typer.Option(
+    None, "--threads", envvar="MOLGEN_THREADS", min=1, show_default="every core",
+    help="CPU threads for the model. Idle threads sleep rather than spin, so a run shares a busy machine fairly.",
+)
 
 
 @app.command()
@@ -260,6 +272,7 @@ def train(
         None, help="Start from this checkpoint's weights (its size options win; --ring-features and --kekule-features "
         "can be added), vocabularies mapped by atom and bond type; optimizer and schedule start afresh.",
     ),
+    threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Train a DiScoFormer (score + density heads) on one or more molecule sets."""
     if init_from is not None and resume:
@@ -303,9 +316,9 @@ def _train(
     data, out, qm9_path, epochs, batch_size, lr, max_minutes, schedule_minutes, checkpoint_minutes, resume, device,
     seed, d_model, n_layers, n_heads, d_pair, self_conditioning, ring_features, kekule_features, nll_weight,
     consistency_weight, repair_share, repair_atoms, bond_repair_share, logsnr_max, logsnr_min, bond_logsnr_shift,
-    val_molecules, workers, aromatic_bonds, init_from,
+    val_molecules, workers, aromatic_bonds, init_from, threads,
 ) -> None:
-    _require_device(device)
+    _compute_on(device, threads)
     if d_model % n_heads:
         raise _fail(f"--d-model {d_model} must be a multiple of --n-heads {n_heads}", 2)
     for name, on in (("--ring-features", ring_features), ("--kekule-features", kekule_features)):
@@ -434,11 +447,12 @@ def distill(
         0, min=0, help="Keep the density head and fit this many more members of it on one set of fresh targets "
         "(other molecules and noise, the stored proposal), each from its own start; D becomes the members' mean, "
         "whose errors partly cancel. 0 refits the whole head."),
+    threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Refit the density head onto low-variance ELBOs (backbone frozen) and recalibrate it."""
     from molgen.distill import DistillConfig, distill_checkpoint, refit_elbo_proposal
 
-    _require_device(device)
+    _compute_on(device, threads)
     config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, huber_nats=huber_nats,
                             atom_terms=atom_terms, batch_size=batch_size, elbo_rows=elbo_rows, seed=seed,
                             device=device, add_members=add_members)
@@ -533,10 +547,13 @@ def _fit_on_training_data(
         raise _fail(str(error), 2) from None
 
 
-def _require_device(device: str) -> None:
-    """Exit with a one-line message when ``--device`` names CUDA on a machine without it."""
+def _compute_on(device: str, threads: int | None) -> None:
+    """Exit with a one-line message when ``--device`` names CUDA on a machine without it; set the
+    CPU threads."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise _fail(f"--device {device} requested but CUDA is not available", 2)
+    set_threads(threads)
+
 
 
 DRAW_ESTIMATE_OPTION = typer.Option(
@@ -576,9 +593,10 @@ def generate(
     alerts: str = typer.Option("pains,brenk", help="Structural alert sets, comma-separated ('' for none)."),
     sdf: Optional[Path] = typer.Option(None, help="Also write the ranked molecules to this SDF."),
     grid: Optional[Path] = typer.Option(None, help="Also draw the top 16 ranked molecules to this PNG."),
+    threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Sample molecules with the score, filter them by density, check them with RDKit, rank them."""
-    _require_device(device)
+    _compute_on(device, threads)
     try:
         checks = CheckConfig.from_strings(rule, [alerts] if alerts else [], prop)
         writer = TableWriter(output)
@@ -762,8 +780,10 @@ def evaluate(
     temperature: float = typer.Option(1.0, min=0.0, help="Sampler temperature, as in `molgen generate`."),
     steps: int = typer.Option(SamplerSettings().steps, min=2, help="Predictor steps, as in `molgen generate`."),
     draw_estimate: bool = DRAW_ESTIMATE_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Generation and density metrics against the QM9 test split, with the kNN-Tanimoto reference."""
+    set_threads(threads)
     from molgen.evaluation.generation import generation_metrics
     from molgen.evaluation.report import evaluate_discoformer, load_reference_data
 
@@ -861,11 +881,11 @@ def _report_table(report: dict) -> Table:
 
 def _screen(
     input: Path, output: Path, checkpoint: Optional[Path], smiles_column: Optional[str], exact: bool,
-    batch_size: int, workers: int, chunk_size: int, strict: bool, resume: bool, device: str,
+    batch_size: int, workers: int, chunk_size: int, strict: bool, resume: bool, device: str, threads: Optional[int],
     distribution: Optional[str], filter_spec: Optional[FilterSpec], keep_failed: bool,
 ) -> ScreenSummary:
     """Shared body of ``score`` and ``filter``: errors mapped to exit codes, a progress bar."""
-    _require_device(device)
+    _compute_on(device, threads)
     try:
         scorer = Scorer(load_model(checkpoint, device=device), distribution, device, batch_size, exact)
         read_molecules(input, smiles_column, 1)  # fail on a missing file or column before any work
@@ -916,10 +936,11 @@ def score(
     resume: bool = typer.Option(False, help="Continue an interrupted run (same options) from OUTPUT.partial."),
     device: str = typer.Option("cpu"),
     distribution: Optional[str] = typer.Option(None, help="Training distribution to score against ('null' = generic)."),
+    threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Append log_density, density_percentile, status and reason to every row of a molecule file."""
     _screen(input, output, checkpoint, smiles_column, exact, batch_size, workers, chunk_size, strict, resume,
-            device, distribution, None, False)
+            device, threads, distribution, None, False)
 
 
 @app.command("filter")
@@ -942,6 +963,7 @@ def filter_command(
     resume: bool = typer.Option(False, help="Continue an interrupted run (same options) from OUTPUT.partial."),
     device: str = typer.Option("cpu"),
     distribution: Optional[str] = typer.Option(None),
+    threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Score plus RDKit checks; write the rows that pass (all rows with --keep-failed)."""
     try:
@@ -950,7 +972,7 @@ def filter_command(
         raise _fail(str(error), 2) from None
     spec = FilterSpec(min_percentile=min_percentile, checks=checks)
     summary = _screen(input, output, checkpoint, smiles_column, False, batch_size, workers, chunk_size, strict,
-                      resume, device, distribution, spec, keep_failed)
+                      resume, device, threads, distribution, spec, keep_failed)
     out = Console()
     for name, count in summary.removed_by.most_common():
         out.print(f"  removed by {name}: {count:,}", highlight=False)

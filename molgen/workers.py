@@ -1,4 +1,4 @@
-"""Worker processes that never outlive the run that started them.
+"""Worker processes that never outlive the run that started them, and torch's thread count.
 
 A ``ProcessPoolExecutor`` worker waits on its task queue forever: when the parent is killed with
 SIGKILL it has no chance to shut the pool down, and the workers stay behind as orphans. Each worker
@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
+
+import torch
 
 PARENT_POLL_SECONDS = 0.5
 
@@ -31,3 +33,12 @@ def _exit_with_parent() -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="molgen-parent-watch", daemon=True).start()
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Give torch ``threads`` intra-op threads (default: every core this process may run on) and
+    return the count. The CLI also makes idle OpenMP threads sleep instead of spin (see
+    ``molgen.cli``): spinning threads are what starve a run on a machine shared with other jobs."""
+    count = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    torch.set_num_threads(count)
+    return count
