@@ -11,8 +11,9 @@ from molgen.checkpoint import LoadedModel, load_model
 from molgen.checks import CheckConfig, append_results, run_checks
 from molgen.pipeline import GenerateOptions, generate
 from molgen.sampler import SamplerSettings
-from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer
-from molgen.screen import FilterSpec, filter_columns
+from molgen.io import resolve_smiles_column
+from molgen.scoring import DEFAULT_MIN_PERCENTILE, EXACT_COLUMNS, SCORE_COLUMNS, Scorer
+from molgen.screen import FILTER_COLUMNS, FilterSpec, filter_columns
 
 
 class Model:
@@ -66,14 +67,17 @@ class Model:
         return frame
 
     def score(
-        self, molecules: "pd.DataFrame | list[str] | str", smiles_column: str = "smiles", exact: bool = False,
+        self, molecules: "pd.DataFrame | list[str] | str", smiles_column: str | None = None, exact: bool = False,
         distribution: str | None = None,
     ) -> pd.DataFrame:
         """Score SMILES (a string, a list, or a DataFrame column): the DataFrame comes back with
         ``log_density``, ``density_percentile``, ``status`` and ``reason`` appended (and the ELBO and
-        its standard error with ``exact``); a list gives a DataFrame with a ``smiles`` column."""
-        frame = _as_frame(molecules, smiles_column)
-        smiles = [s if isinstance(s, str) and s else None for s in frame[smiles_column].tolist()]
+        its standard error with ``exact``); a list gives a DataFrame with a ``smiles`` column.
+        ``smiles_column`` defaults to a column named smiles in any case, as on the command line; a
+        frame molgen scored before gets its score columns replaced, not repeated."""
+        frame, column = _as_frame(molecules, smiles_column)
+        frame = _without_earlier_results(frame, SCORE_COLUMNS + EXACT_COLUMNS)
+        smiles = [s if isinstance(s, str) and s else None for s in frame[column].tolist()]
         scores = Scorer(self.loaded, distribution, self.device, exact=exact).score_smiles(smiles, frame.index)
         return append_results(frame, scores)
 
@@ -83,20 +87,29 @@ class Model:
                 f"{self.loaded.distributions}, trained {meta.get('training_seconds', 0) / 60:.0f} min)")
 
 
-def _as_frame(molecules, smiles_column: str) -> pd.DataFrame:
+def _as_frame(molecules, smiles_column: str | None) -> tuple[pd.DataFrame, str]:
+    """The molecules as a DataFrame and its SMILES column, found as the CLI finds it."""
     if isinstance(molecules, str):
         molecules = [molecules]
     if isinstance(molecules, pd.DataFrame):
-        if smiles_column not in molecules.columns:
-            raise ValueError(f"no column {smiles_column!r}; columns are: {', '.join(map(str, molecules.columns))}")
-        return molecules
-    return pd.DataFrame({smiles_column: list(molecules)})
+        return molecules, resolve_smiles_column(list(molecules.columns), smiles_column)
+    column = smiles_column or "smiles"
+    return pd.DataFrame({column: list(molecules)}), column
+
+
+def _without_earlier_results(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` less the result ``columns`` when molgen scored it before (it has every score column):
+    scoring again replaces them. A user's own column of one of these names is kept and the new one
+    suffixed, as :func:`append_results` does."""
+    if not set(SCORE_COLUMNS) <= set(frame.columns):
+        return frame
+    return frame.drop(columns=[c for c in columns if c in frame.columns])
 
 
 def filter_frame(
     molecules: "pd.DataFrame | list[str]",
     model: Model | None = None,
-    smiles_column: str = "smiles",
+    smiles_column: str | None = None,
     min_percentile: float = DEFAULT_MIN_PERCENTILE,
     rules: tuple[str, ...] = (),
     alerts: tuple[str, ...] = (),
@@ -106,11 +119,13 @@ def filter_frame(
     """Density filter plus RDKit checks on a DataFrame: ``passed`` and ``failed_checks`` appended
     (only the passing rows when ``keep_failed`` is False). ``model`` defaults to the bundled one."""
     model = model or load()
-    scored = model.score(molecules, smiles_column)
     spec = FilterSpec(min_percentile, CheckConfig.from_strings(rules, alerts, props))
+    frame, column = _as_frame(molecules, smiles_column)
+    produced = [c for c in spec.checks.result_columns if c not in ("status", "reason")] + FILTER_COLUMNS
+    scored = model.score(_without_earlier_results(frame, produced), column)
     checks = None
     if rules or alerts or props:
-        smiles = [s if isinstance(s, str) and s else None for s in scored[smiles_column].tolist()]
+        smiles = [s if isinstance(s, str) and s else None for s in scored[column].tolist()]
         checks = run_checks(smiles, spec.checks, index=scored.index)
         scored = append_results(scored, checks.drop(columns=["status", "reason", "passed_checks", "failed_checks"]))
     verdict = filter_columns(scored, checks, spec)

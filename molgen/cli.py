@@ -48,8 +48,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help wraps long option names; Rich's panels cut them at 80 columns
 )
-data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
@@ -634,7 +635,8 @@ def generate(
     table.add_column("molecules", justify="right")
     table.add_column("share", justify="right")
     for label, key in [("proposed", "proposed"), ("valid without correction", "raw_valid"), ("unique", "unique"),
-                       ("novel", "novel"), ("passed density", "passed_density"), ("passed checks", "passed_checks")]:
+                       ("novel", "novel"), ("passed density", "passed_density"), ("passed checks", "passed_checks"),
+                       ("passed density and checks", "passed_both")]:
         value = stats.get(key)
         table.add_row(label, "n/a" if value is None else f"{value:,}",
                       "" if value is None else f"{100 * value / max(stats['proposed'], 1):.1f}%")

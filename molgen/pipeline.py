@@ -119,7 +119,8 @@ def generate(
         "unique": int(frame["unique"].sum()),
         "novel": int(frame["novel"].sum()) if frame["novel"].notna().all() else None,
         "passed_density": int((frame["unique"] & frame["passed_density"]).sum()),
-        "passed_checks": int((frame["unique"] & frame["passed_density"] & frame["passed_checks"]).sum()),
+        "passed_checks": int((frame["unique"] & frame["passed_checks"]).sum()),
+        "passed_both": int((frame["unique"] & frame["passed_density"] & frame["passed_checks"]).sum()),
     })
     frame = frame.sort_values("rank", na_position="last", kind="stable").reset_index(drop=True)
     return frame, stats

@@ -64,7 +64,7 @@ def _skip_rows(chunks: Iterator[Chunk], skip: int) -> Iterator[Chunk]:
     for chunk in chunks:
         if len(chunk) and chunk.frame.index[-1] < skip:
             continue
-        if chunk.frame.index[0] < skip:
+        if len(chunk) and chunk.frame.index[0] < skip:
             keep = chunk.frame.index >= skip
             offset = int((~keep).sum())
             chunk = Chunk(chunk.frame[keep], chunk.smiles[offset:], chunk.read_error[offset:], chunk.smiles_column)
@@ -131,7 +131,7 @@ def screen_file(
     pool = process_pool(workers) if workers > 1 else None
     try:
         for chunk, encoded in _encoded_chunks(chunks, vocab_dict, pool, ahead=workers):
-            scores = scorer.score_encoded(encoded, chunk.frame.index, chunk_seed=int(chunk.frame.index[0]))
+            scores = scorer.score_encoded(encoded, chunk.frame.index, chunk_seed=int(chunk.frame.index[0]) if len(chunk) else 0)
             if strict and (scores["status"] != "ok").any():
                 row = int(scores.index[(scores["status"] != "ok").to_numpy().argmax()])
                 raise StrictFailure(f"row {row + 1}: {scores.at[row, 'status']}: {scores.at[row, 'reason']} (--strict)")

@@ -4,6 +4,37 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
+
+
+def example_molecules():
+    """The bundled QM9-like molecules (data/examples/generated.csv): what tests that need many
+    small molecules but not QM9 itself train and score on, so a fresh clone runs them."""
+    import pandas as pd
+
+    return pd.read_csv(EXAMPLES / "generated.csv")["smiles"]
+
+
+def small_molecules(count: int = 150, max_atoms: int = 5):
+    """``count`` distinct molecules of at most ``max_atoms`` heavy atoms, cut from the example
+    molecules along bond paths: tiny molecules (like QM9's first rows) that the examples lack."""
+    import pandas as pd
+    from rdkit import Chem
+
+    found: dict[str, None] = {}
+    for text in example_molecules():
+        mol = Chem.MolFromSmiles(text)
+        for length in range(1, max_atoms):
+            for path in Chem.FindAllPathsOfLengthN(mol, length, useBonds=True):
+                atoms = {index for bond in path for index in (mol.GetBondWithIdx(bond).GetBeginAtomIdx(),
+                                                             mol.GetBondWithIdx(bond).GetEndAtomIdx())}
+                piece = Chem.MolFromSmiles(Chem.MolFragmentToSmiles(mol, sorted(atoms), bondsToUse=list(path),
+                                                                    kekuleSmiles=True))
+                if piece is not None:
+                    found.setdefault(Chem.MolToSmiles(piece))
+        if len(found) >= count:
+            break
+    return pd.Series(list(found)[:count], name="smiles")
 
 
 def shared_file(relative: str) -> Path:
@@ -25,17 +56,17 @@ def isolated_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A tiny DiScoFormer trained for two epochs on 200 QM9 molecules: a real checkpoint, in seconds."""
+    """A tiny DiScoFormer trained for two epochs on 200 QM9-like molecules: a real checkpoint, in seconds."""
     import pandas as pd
 
     from molgen.data import prepare_dataset
     from molgen.train import TrainConfig, Trainer, TrainingData
 
     folder = tmp_path_factory.mktemp("tiny")
-    source = folder / "qm9_200.csv"
-    qm9 = pd.read_csv(shared_file("qm9.csv"))
-    charged = qm9[qm9["smiles"].str.contains(r"\+|-")].head(20)  # so the vocabulary has N+, O-, ...
-    pd.concat([qm9.iloc[5000:5180], charged]).to_csv(source, index=False)
+    source = folder / "molecules_200.csv"
+    smiles = example_molecules()
+    charged = smiles[smiles.str.contains(r"\+|-")].head(20)  # so the vocabulary has N+, O-, ...
+    pd.concat([smiles.iloc[:180], charged]).to_frame().to_csv(source, index=False)
     dataset, _ = prepare_dataset(source, val_fraction=0.2, use_cache=False)
     config = TrainConfig(
         epochs=2, batch_size=32, warmup_steps=5, val_molecules=40, val_samples=2,

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared_file
+from conftest import example_molecules
 from rdkit import Chem
 from typer.testing import CliRunner
 
@@ -177,10 +177,10 @@ def test_mean_over_draws_averages_numbers_and_keeps_what_the_draws_share():
 
 
 def _stand_in_qm9(folder):
-    qm9 = pd.read_csv(shared_file("qm9.csv"))
-    rows = pd.concat([qm9.iloc[5000:5180], qm9[qm9["smiles"].str.contains(r"\+|-")].head(20)])
+    smiles = example_molecules()
+    rows = pd.concat([smiles.iloc[:180], smiles[smiles.str.contains(r"\+|-")].head(20)])
     folder.mkdir()
-    rows.to_csv(folder / "qm9.csv", index=False)
+    rows.to_frame().to_csv(folder / "qm9.csv", index=False)
     (folder / "qm9_test_idx.json").write_text(json.dumps({"test_idx": list(range(0, 200, 5))}))
     return folder
 

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 import torch
-from conftest import shared_file
+from conftest import example_molecules, small_molecules
 from test_model import MATCHING_WEIGHTS, aromatic_graphs
 from typer.testing import CliRunner
 
@@ -96,11 +96,12 @@ def test_repair_adapter_acts_only_on_estimates_that_are_no_molecule_at_low_noise
 @pytest.fixture(scope="module")
 def aromatic_run(tmp_path_factory):
     """A tiny aromatic-vocabulary model with Kekulé features after a few steps, and its data file."""
-    smiles = pd.read_csv(shared_file("qm9.csv"))["smiles"]
+    smiles = example_molecules()
     aromatic = smiles[smiles.str.contains(r"c|n|o")]
     folder = tmp_path_factory.mktemp("aromatic")
-    path = folder / "qm9_aromatic.csv"
-    pd.concat([smiles.iloc[:150], aromatic.iloc[:150]]).to_frame().to_csv(path, index=False)
+    path = folder / "molecules_aromatic.csv"
+    # Small molecules with the aromatic ones: the tiny model's chains then open the repair gate.
+    pd.concat([small_molecules(150), aromatic.iloc[:150]]).to_frame().to_csv(path, index=False)
     dataset, _ = prepare_dataset(path, use_cache=False, aromatic_bonds=True)  # as `molgen repair --data` prepares it
     data = TrainingData.combine([dataset], [path.stem])
     trainer = Trainer(TrainConfig(epochs=1, batch_size=16, model={**TINY, "kekule_features": True}, val_molecules=8),
@@ -152,7 +153,7 @@ def test_cli_repair_writes_a_model_with_the_adapter(aromatic_run, tmp_path, tiny
     weights = repaired.model.state_dict()
     assert all(torch.equal(weights[name], value) for name, value in source.items())
     # A model without Kekulé features cannot have one: one line, no traceback.
-    tiny_source = tiny_checkpoint.parent.parent / "qm9_200.csv"
+    tiny_source = tiny_checkpoint.parent.parent / "molecules_200.csv"
     bad = CliRunner().invoke(app, ["repair", str(tiny_checkpoint), "--data", str(tiny_source), "--steps", "2"])
     assert bad.exit_code == 2 and "--kekule-features" in bad.output
     missing = CliRunner().invoke(app, ["repair", str(tmp_path / "none.pt"), "--data", str(path)])

@@ -7,7 +7,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import shared_file
+from conftest import example_molecules
 from typer.testing import CliRunner
 
 import molgen
@@ -125,7 +125,7 @@ def test_python_api_score_and_filter(tiny_checkpoint):
 
 
 def test_resume_after_a_kill_gives_the_same_output(tiny_checkpoint, tmp_path):
-    smiles = pd.read_csv(shared_file("qm9.csv"))["smiles"].iloc[:6000]
+    smiles = pd.concat([example_molecules()] * 5).iloc[:6000]
     source = tmp_path / "in.csv"
     smiles.to_frame().to_csv(source, index=False)
     base = [sys.executable, "-m", "molgen", "score", str(source), "--checkpoint", str(tiny_checkpoint),

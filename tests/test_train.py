@@ -2,10 +2,9 @@ import json
 import math
 import shutil
 
-import pandas as pd
 import pytest
 import torch
-from conftest import shared_file
+from conftest import example_molecules
 from typer.testing import CliRunner
 
 from molgen.checkpoint import load_model, read_checkpoint, save_checkpoint
@@ -24,8 +23,8 @@ TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
 
 
 def qm9_subset(tmp_path, rows: int, val_fraction: float = 0.0):
-    smiles = pd.read_csv(shared_file("qm9.csv"))["smiles"].iloc[1000 : 1000 + rows]
-    path = tmp_path / f"qm9_{rows}.csv"
+    smiles = example_molecules().iloc[:rows]
+    path = tmp_path / f"molecules_{rows}.csv"
     smiles.to_frame().to_csv(path, index=False)
     dataset, _ = prepare_dataset(path, val_fraction=val_fraction, use_cache=False)
     return TrainingData.combine([dataset], ["qm9"])
@@ -318,7 +317,7 @@ def test_bond_corrupted_breaks_a_valence_or_a_bridge_of_each_molecule_that_allow
 
 def test_train_cli_repair_share_trains_and_resumes_with_it(tmp_path):
     source = tmp_path / "mols.csv"
-    frame = pd.read_csv(shared_file("qm9.csv")).iloc[:3000]
+    frame = example_molecules().to_frame()
     aromatic_nitrogen = [any(a.GetIsAromatic() and a.GetSymbol() == "N" for a in parse_smiles(s).GetAtoms())
                          for s in frame.smiles]
     frame[aromatic_nitrogen].iloc[:128].to_csv(source, index=False)
@@ -337,7 +336,7 @@ def test_train_cli_repair_share_trains_and_resumes_with_it(tmp_path):
 
 def test_train_cli_end_to_end(tmp_path):
     source = tmp_path / "mols.csv"
-    pd.read_csv(shared_file("qm9.csv")).iloc[:300].to_csv(source, index=False)
+    example_molecules().iloc[:300].to_frame().to_csv(source, index=False)
     out = tmp_path / "run"
     args = ["train", str(source), "-o", str(out), "--epochs", "2", "--batch-size", "64", "--d-model", "16",
             "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "10", "--bond-logsnr-shift", "1.5"]
@@ -461,6 +460,6 @@ def test_train_cli_end_to_end(tmp_path):
     assert resumed.exit_code == 2 and "differs from this run's in density_atom_terms" in resumed.output
     assert "--init-from" in resumed.output
     other = tmp_path / "other.csv"
-    pd.read_csv(shared_file("qm9.csv")).iloc[300:400].to_csv(other, index=False)
+    example_molecules().iloc[300:400].to_frame().to_csv(other, index=False)
     mismatch = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(other)])
     assert mismatch.exit_code == 2 and "other data" in mismatch.output

@@ -3,7 +3,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import shared_file
+from conftest import example_molecules
 from typer.testing import CliRunner
 
 from molgen.checkpoint import read_checkpoint, save_checkpoint
@@ -24,10 +24,10 @@ def training_data(path, aromatic_bonds: bool) -> TrainingData:
 
 @pytest.fixture(scope="module")
 def qm9_csv(tmp_path_factory):
-    smiles = pd.read_csv(shared_file("qm9.csv"))["smiles"]
+    smiles = example_molecules()
     # enough rows for pyrrole-type [nH] and the charged types to appear in the aromatic vocabulary
     picked = pd.concat([smiles.iloc[:300], smiles[smiles.str.contains(r"\[nH\]")].iloc[:20]])
-    path = tmp_path_factory.mktemp("qm9") / "qm9_small.csv"
+    path = tmp_path_factory.mktemp("molecules") / "molecules_small.csv"
     picked.to_frame().to_csv(path, index=False)
     return path
 
