@@ -1,5 +1,5 @@
 """Checkpoints: state dicts plus a config of plain values, written atomically, loaded with
-``torch.load(weights_only=True)`` onto the CPU whatever device wrote them (DESIGN section 6).
+``torch.load(weights_only=True)`` onto the CPU whatever device wrote them (docs/design.md, section 6).
 
 Each file carries a SHA-256 digest of everything in it (``content_digest``), checked at load: a
 file damaged after it was written (flipped bytes inside a tensor load silently otherwise) is

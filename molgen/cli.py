@@ -264,7 +264,7 @@ def train(
     logsnr_min: float = typer.Option(-9.0),
     bond_logsnr_shift: float = typer.Option(
         0.0, help="Raise the bonds' log-SNR by this much at every t: noise destroys the bonds later than the atoms "
-        "and the sampler settles them first (on QM9 this did not raise raw validity; see the README).",
+        "and the sampler settles them first (on QM9 this did not raise raw validity; docs/notes/bonds-before-atoms.md).",
     ),
     val_molecules: int = typer.Option(1000, min=1, help="Held-out molecules for the per-epoch validation ELBO."),
     workers: int = typer.Option(2, min=1, help="Worker processes for data preparation."),
@@ -573,7 +573,7 @@ def generate(
     steps: int = typer.Option(SamplerSettings().steps, min=2, help="Predictor steps."),
     corrector_steps: int = typer.Option(
         0, min=0, help="Langevin corrector moves per step. One move about halves the speed; on the first bundled "
-        "adapter it lowered FCD and cost a third of a point of uniqueness (README, sampler table)."),
+        "adapter it lowered FCD and cost a third of a point of uniqueness (docs/notes/predictor-estimate.md)."),
     snr: float = typer.Option(0.1, min=0.0, help="Target signal-to-noise ratio of the corrector."),
     mala: bool = typer.Option(False, help="Metropolis-adjust the corrector with the density head."),
     temperature: float = typer.Option(

@@ -1,4 +1,4 @@
-"""Generate: propose with the score, filter with the density, check with RDKit (DESIGN section 4).
+"""Generate: propose with the score, filter with the density, check with RDKit (docs/design.md, section 4).
 
 sample -> decode_raw (``raw_valid``) and decode_constrained -> canonical SMILES -> duplicates marked
 -> ``log_density`` from the density head -> ``density_percentile`` against the checkpoint's

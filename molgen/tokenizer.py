@@ -5,7 +5,7 @@ A molecule with n heavy atoms becomes
     hydrogens) keys;
   * ``bonds``: an n x n symmetric matrix of bond-type ids over the vocabulary's bond types,
 in RDKit canonical atom order with hydrogens implicit, so the sequence holds the whole graph and one
-molecule has one sequence (DESIGN section 1).
+molecule has one sequence (docs/design.md, section 1).
 
 Two bond vocabularies exist. ``KEKULE_BONDS`` (none/single/double/triple) kekulizes aromatic rings: a
 generator must then place alternating double bonds, a global constraint it learns poorly (samples

@@ -1,2 +1,2 @@
 """Evaluation: generation metrics, the NSPDK kernel, density metrics, decoys, and the report that
-``molgen evaluate`` and ``benchmarks/run_all.py`` share (DESIGN section 8)."""
+``molgen evaluate`` and ``benchmarks/run_all.py`` share (docs/design.md, section 8)."""

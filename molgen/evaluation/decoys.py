@@ -1,4 +1,4 @@
-"""Decoys for density AUROC, built from the data the project has (DESIGN section 8).
+"""Decoys for density AUROC, built from the data the project has (docs/design.md, section 8).
 
 Hard decoys are single-edit mutants of real molecules: one change of an element, a bond order, a
 ring bond, or a terminal atom, kept only when RDKit accepts the result, it stays one connected
