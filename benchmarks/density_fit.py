@@ -11,7 +11,7 @@ would not reach 1 against it. References measured in the same run:
   * repeatability: Spearman between two single estimates (mean over pairs), and between the means of
     the two halves of the rounds (how exact the pooled yardstick is);
   * against the exact ELBO: both Spearmans corrected for the yardstick's noise
-    (:func:`molgen.evaluation.density.spearman_against_exact`); the two corrected figures should agree;
+    (:func:`molgen.stats.spearman_against_exact`); the two corrected figures should agree;
   * size only: Spearman(log p(n), -ELBO), what knowing only the heavy-atom count gives;
   * ``--compare``: another density head on the same score model (the ELBO is the score model's,
     so one yardstick serves both), e.g. the previous bundled checkpoint.
@@ -28,15 +28,14 @@ from _common import SHARED_DATA, write_results
 
 from molgen.checkpoint import load_model
 from molgen.data import locate_qm9, prepare_dataset
-from molgen.evaluation.density import spearman, spearman_against_exact
+from molgen.stats import spearman, spearman_against_exact
 from molgen.likelihood import MAX_ELBO_ROWS, elbo, log_density
 
 
 def same_score_model(first, second) -> bool:
     """Whether two models share every weight outside their density heads."""
     ours, theirs = first.state_dict(), second.state_dict()
-    density = ("density_head.", "density_atom_head.", "density_extra_members.", "density_offset")
-    shared = [name for name in ours if not name.startswith(density)]
+    shared = [name for name in ours if not name.startswith("density.")]
     return all(name in theirs and torch.equal(ours[name], theirs[name]) for name in shared)
 
 

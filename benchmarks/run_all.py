@@ -26,7 +26,7 @@ from _common import REPO, RESULTS, SHARED_DATA, machine
 
 from molgen.baselines.smiles_lm import SmilesLMConfig, build_vocabulary, train_smiles_lm, training_record
 from molgen.checkpoint import load_model, warm_start_seconds
-from molgen.evaluation.density import mean_with_stderr, reliability_of_mean
+from molgen.stats import mean_with_stderr, reliability_of_mean
 from molgen.evaluation.generation import generation_metrics
 from molgen.evaluation.report import (
     decoy_aurocs,

@@ -29,7 +29,6 @@ SETTINGS = {  # name on the command line: (label in the table, settings)
     "corrector-snr0.1": ("1 corrector step, snr 0.1", SamplerSettings(corrector_steps=1, snr=0.1)),
     "corrector-snr0.3": ("1 corrector step, snr 0.3", SamplerSettings(corrector_steps=1, snr=0.3)),
     "temperature0.95": ("temperature 0.95", SamplerSettings(temperature=0.95)),
-    "mean-estimate": ("predictor towards the estimate's mean", SamplerSettings(draw_estimate=False)),
 }
 FAILURES = ("kekulize", "valence", "disconnected")
 

@@ -30,8 +30,8 @@ def run_one(loss_overrides: dict, steps: int, repeats: int, device: str) -> dict
     import torch
 
     from molgen.data import locate_qm9, prepare_dataset
-    from molgen.losses import LossWeights
-    from molgen.train import TrainConfig, Trainer, TrainingData
+    from molgen.training.losses import LossWeights
+    from molgen.training.trainer import TrainConfig, Trainer, TrainingData
 
     files = locate_qm9(SHARED_DATA)
     dataset, _ = prepare_dataset(files.csv, files.test_idx)

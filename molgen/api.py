@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pandas as pd
 
-from molgen.checkpoint import LoadedModel, load_model
-from molgen.checks import CheckConfig, append_results, run_checks
+from molgen.checkpoint import BUNDLED, LoadedModel, ModelCard, load_model
+from molgen.checks import DEFAULT_ALERTS, DEFAULT_RULES, CheckConfig, append_results, run_checks
 from molgen.pipeline import GenerateOptions, generate
 from molgen.sampler import SamplerSettings
 from molgen.io import resolve_smiles_column
@@ -19,8 +19,9 @@ from molgen.screen import FILTER_COLUMNS, FilterSpec, filter_columns
 class Model:
     """A loaded DiScoFormer with the pipeline around it."""
 
-    def __init__(self, loaded: LoadedModel, device: str = "cpu"):
+    def __init__(self, loaded: LoadedModel, device: str = "cpu", name: str = BUNDLED.name):
         self.loaded = loaded
+        self.name = name
         self.device = device
         self.last_stats: dict = {}
 
@@ -29,10 +30,10 @@ class Model:
         return self.loaded.vocab
 
     @property
-    def card(self) -> dict:
-        """What ``molgen info`` prints: training facts, validation metrics, benchmark figures."""
-        return {"distributions": self.loaded.distributions, "meta": self.loaded.meta,
-                "metrics": self.loaded.metrics, "evaluation": self.loaded.evaluation or {}}
+    def card(self) -> ModelCard:
+        """What ``molgen info`` prints: training facts, validation metrics, benchmark figures
+        (``dataclasses.asdict`` gives plain values)."""
+        return ModelCard.of(self.loaded, self.name)
 
     def generate(
         self,
@@ -43,12 +44,11 @@ class Model:
         snr: float = 0.1,
         mala: bool = False,
         temperature: float = 1.0,
-        draw_estimate: bool = True,
         min_percentile: float | None = None,
         apply_filters: bool = True,
         props: tuple[str, ...] = (),
-        rules: tuple[str, ...] = ("lipinski", "veber"),
-        alerts: tuple[str, ...] = ("pains", "brenk"),
+        rules: tuple[str, ...] = DEFAULT_RULES,
+        alerts: tuple[str, ...] = DEFAULT_ALERTS,
         batch_size: int = 500,
         distribution: str | None = None,
         num_atoms: int | None = None,
@@ -57,7 +57,7 @@ class Model:
         options = GenerateOptions(
             n=n, seed=seed, batch_size=batch_size, device=self.device,
             sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,
-                                    temperature=temperature, draw_estimate=draw_estimate),
+                                    temperature=temperature),
             distribution=distribution, num_atoms=num_atoms, apply_filters=apply_filters,
             checks=CheckConfig.from_strings(rules, alerts, props),
         )
@@ -135,4 +135,4 @@ def filter_frame(
 
 def load(path: str | os.PathLike | None = None, device: str = "cpu") -> Model:
     """The bundled pretrained QM9 model, or the checkpoint at ``path``."""
-    return Model(load_model(path, device=device), device=device)
+    return Model(load_model(path, device=device), device=device, name=BUNDLED.name if path is None else str(path))

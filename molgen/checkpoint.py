@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from molgen.model import DiScoConfig, DiScoFormer
+from molgen.model import DiScoConfig, DiScoFormer, upgrade_state_dict
+from molgen.model.features import derived_atom_features
 from molgen.noise import NoiseProcess
 from molgen.tokenizer import Vocabulary
 
@@ -109,6 +110,20 @@ def read_checkpoint(path: str | os.PathLike, kind: str = FORMAT) -> dict:
     if DIGEST_KEY in payload and payload[DIGEST_KEY] != content_digest(payload):
         raise CheckpointError(f"{path} is damaged: its contents no longer match the digest written with them; "
                               "use another copy")
+    return upgraded(payload, path) if kind == FORMAT else payload
+
+
+def upgraded(payload: dict, path: Path) -> dict:
+    """A DiScoFormer payload of any molgen version in today's layout: state-dict keys renamed, the model
+    config nested; a model built with a retired option is refused in one sentence."""
+    try:
+        if "model_config" in payload:
+            payload["model_config"] = DiScoConfig.from_dict(payload["model_config"]).to_dict()
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    for weights in ("model", "ema"):
+        if weights in payload:
+            payload[weights] = upgrade_state_dict(payload[weights])
     return payload
 
 
@@ -167,3 +182,138 @@ def load_model(
         evaluation=payload.get("evaluation"),
         digest=payload.get(DIGEST_KEY),
     )
+
+
+# Card figures that measure the density head: a refit of the head (molgen distill) makes them stale.
+DENSITY_HEAD_FIGURES = ("spearman_density_elbo", "spearman_density_elbo_pooled", "spearman_density_elbo_corrected",
+                        "spearman_density_elbo_corrected_interval", "auroc_vs_mutants",
+                        "share_below_5th_percentile_test")
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint says about itself, as plain values: read from it by :meth:`of`, shown as
+    (label, text) rows by :meth:`rows` (``molgen info``), as a dict by ``asdict``."""
+
+    name: str
+    distributions: list[str]
+    vocabulary: str
+    parameters: int
+    architecture: str
+    data_fingerprints: list[str]
+    training: dict  # seconds, device, epochs, step
+    initialized_from: dict | None  # a warm start's own training, not counted in ``training``
+    has_train_hashes: bool
+    digest: str | None
+    last_epoch: dict  # validation figures of the last epoch
+    distillation: dict | None
+    density_members: list[dict]  # fits of members added after the distillation
+    elbo_proposal: dict | None
+    repair: dict | None
+    evaluation: dict  # headline figures of `molgen evaluate`, stored at export
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, name: str) -> "ModelCard":
+        meta, config = loaded.meta, loaded.model.config
+        derived = ", ".join(feature for feature, _ in derived_atom_features(config))
+        density = config.density
+        architecture = (
+            f"{config.n_layers} layers, d_model {config.d_model}, d_pair {config.d_pair}, "
+            + (f"self-conditioning with {derived} features" if config.self_conditioning else "no self-conditioning")
+            + f"; density head on {'[CLS] plus per-atom terms' if density.atom_terms else '[CLS]'}"
+            + (f", mean of {density.members} members" if density.members > 1 else ""))
+        # A distillation replaced the density head after the last epoch: that epoch's Spearman was another head's.
+        stale = {"spearman_density_elbo"} if meta.get("distillation") else set()
+        return cls(
+            name=name,
+            distributions=list(loaded.distributions),
+            vocabulary=f"{', '.join(loaded.vocab.labels)}; bonds {', '.join(loaded.vocab.bond_types[1:])}; "
+                       f"up to {loaded.vocab.max_atoms} heavy atoms",
+            parameters=int(meta.get("parameters", loaded.model.num_parameters())),
+            architecture=architecture,
+            data_fingerprints=list(meta.get("data_fingerprints", [])),
+            training={"seconds": meta.get("training_seconds", 0), "device": meta.get("train_config", {}).get("device", "cpu"),
+                      "epochs": meta.get("epochs_done", 0), "step": meta.get("step", 0)},
+            initialized_from=meta.get("initialized_from"),
+            has_train_hashes=loaded.train_hashes is not None,
+            digest=loaded.digest,
+            last_epoch={key: loaded.metrics[key] for key in ("val_elbo_nats", "val_elbo_stderr", "spearman_density_elbo",
+                                                             "val_molecules") if key in loaded.metrics and key not in stale},
+            distillation=meta.get("distillation"),
+            density_members=list(meta.get("density_members", [])),
+            elbo_proposal=meta.get("elbo_proposal"),
+            repair=meta.get("repair"),
+            evaluation=dict(loaded.evaluation or {}),
+        )
+
+    def rows(self) -> list[tuple[str, str]]:
+        training = self.training
+        rows = [
+            ("distributions", ", ".join(self.distributions)),
+            ("vocabulary", self.vocabulary),
+            ("parameters", f"{self.parameters:,}"),
+            ("architecture", self.architecture),
+            ("data fingerprints", ", ".join(self.data_fingerprints)),
+            ("training", f"{training['seconds'] / 60:.0f} min on {training['device']}, {training['epochs']:.1f} epochs, "
+                         f"step {training['step']:,}"),
+        ]
+        if self.initialized_from:
+            start = self.initialized_from
+            rows.append(("initialized from", f"{Path(start['path']).name}: {start['training_seconds'] / 60:.0f} min, "
+                         f"step {start['step']:,}; {warm_start_seconds(start) / 60:.0f} min with its own warm starts "
+                         "(not counted above)"))
+        rows += [
+            ("training set hashes", "yes (novelty)" if self.has_train_hashes else "no"),
+            ("content digest", f"sha256 {self.digest} (checked at load)" if self.digest
+             else "none (written before checkpoints carried one: not checked)"),
+        ]
+        rows += [(f"last epoch: {key}", f"{value:.3f}" if isinstance(value, float) else str(value))
+                 for key, value in self.last_epoch.items()]
+        if self.distillation:
+            fit = self.distillation
+            rows.append(("distillation: Spearman(D, ELBO)",
+                         f"{fit['spearman_density_elbo_before']:.3f} -> {fit['spearman_density_elbo_after']:.3f} on "
+                         f"{fit['check_molecules']} held-out molecules"))
+            targets = fit.get("config", {})
+            if "molecules" in targets:
+                rows.append(("distillation: targets", f"{targets['molecules']:,} x {targets['elbo_samples']} levels, "
+                             f"{targets['epochs']} passes on {targets.get('device', 'cpu')}"))
+        for added in self.density_members:
+            fit = added["config"]
+            rows.append((member_numbers(added["members"]),
+                         f"{fit['molecules']:,} x {fit['elbo_samples']} levels on {fit.get('device', 'cpu')}; "
+                         f"Spearman(D, ELBO) {added['spearman_density_elbo_before']:.3f} -> "
+                         f"{added['spearman_density_elbo_after']:.3f} on {added['check_molecules']} held-out molecules "
+                         f"({'the member' if len(added['members']) == 1 else 'their mean'} alone: "
+                         f"{added['spearman_new_members']:.3f})"))
+        if self.elbo_proposal:
+            proposal = self.elbo_proposal
+            rows.append(("ELBO importance proposal", f"re-estimated on {proposal['pilot_molecules']:,} training "
+                         f"molecules; {proposal['check_samples']}-level ELBO of {proposal['check_molecules']:,} held-out "
+                         f"molecules varies by {proposal['elbo_sd_before']:.2f} -> {proposal['elbo_sd_after']:.2f} nats (SD)"))
+        if self.repair:
+            fit = self.repair["config"]
+            pair_side = f" (pair side {fit['pair_width']})" if fit.get("pair_width") else ""
+            rows.append(("repair adapter", f"width {fit['width']}{pair_side}, acts at log-SNR >= {fit['min_logsnr']:g} "
+                         f"while the estimate is no molecule; {fit['steps']:,} steps; mends "
+                         f"{100 * self.repair['mended_after']:.1f}% of such held-out estimates "
+                         f"({100 * self.repair['mended_before']:.1f}% without it)"))
+            own = self.repair.get("own_chains")
+            if own:
+                rows.append(("repair adapter: own chains",
+                             f"{own['gated_states']:,} gated states of {own['chains']:,} chains, {fit['chain_steps']:,} "
+                             f"steps; raw validity {100 * own['raw_validity_before']:.1f}% -> "
+                             f"{100 * own['raw_validity_after']:.1f}% on {own['check_chains']:,} fresh chains"))
+        for label, value in self.evaluation.items():
+            if isinstance(value, list):  # an interval
+                value = " to ".join(f"{bound:.4g}" for bound in value)
+            rows.append((f"evaluate: {label}", f"{value:.4g}" if isinstance(value, float) else str(value)))
+        return rows
+
+
+def member_numbers(members: list[int]) -> str:
+    """Density members by their 1-based numbers: "density member 2", "density members 3-5"."""
+    numbers = [member + 1 for member in members]
+    if len(numbers) == 1:
+        return f"density member {numbers[0]}"
+    return f"density members {numbers[0]}-{numbers[-1]}"

@@ -140,10 +140,15 @@ RULES = {
 }
 
 
+# What generate and check apply unless told otherwise (filter applies none: it keeps what it is given).
+DEFAULT_RULES = ("lipinski", "veber")
+DEFAULT_ALERTS = ("pains", "brenk")
+
+
 @dataclass(frozen=True)
 class CheckConfig:
-    rules: tuple[str, ...] = ("lipinski", "veber")
-    alerts: tuple[str, ...] = ("pains", "brenk")
+    rules: tuple[str, ...] = DEFAULT_RULES
+    alerts: tuple[str, ...] = DEFAULT_ALERTS
     windows: tuple[Window, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -156,7 +161,7 @@ class CheckConfig:
 
     @classmethod
     def from_strings(
-        cls, rules: Sequence[str] = ("lipinski", "veber"), alerts: Sequence[str] = ("pains", "brenk"),
+        cls, rules: Sequence[str] = DEFAULT_RULES, alerts: Sequence[str] = DEFAULT_ALERTS,
         windows: Sequence[str] = (),
     ) -> "CheckConfig":
         """Build from CLI-style strings; comma-separated lists are accepted anywhere."""

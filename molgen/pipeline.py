@@ -19,8 +19,9 @@ from molgen.checks import CheckConfig, run_checks
 from molgen.chemistry import canonical_smiles
 from molgen.decode import decode_constrained, decode_raw
 from molgen.novelty import is_novel
-from molgen.sampler import SamplerSettings, model_denoiser, sample
-from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer, distribution_index
+from molgen.model import model_denoiser
+from molgen.sampler import SamplerSettings, sample
+from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer, distribution_index, passes_density
 
 
 @dataclass
@@ -101,7 +102,7 @@ def generate(
     scores = Scorer(loaded, options.distribution, options.device).score_smiles(frame["smiles"].tolist(), frame.index)
     frame["log_density"] = scores["log_density"]
     frame["density_percentile"] = scores["density_percentile"]
-    frame["passed_density"] = frame["density_percentile"].fillna(100.0) >= options.min_percentile
+    frame["passed_density"] = passes_density(frame["density_percentile"], options.min_percentile)
     checks = run_checks(frame["smiles"].tolist(), options.checks, index=frame.index)
     frame["passed_checks"] = checks["passed_checks"]
     frame["failed_checks"] = checks["failed_checks"]

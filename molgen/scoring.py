@@ -76,6 +76,13 @@ def encode_smiles(smiles: list[str | None], read_errors: list[str | None], vocab
     )
 
 
+def passes_density(percentile, min_percentile: float) -> np.ndarray:
+    """The one density rule of ``generate``, ``filter`` and the API: a percentile at or above
+    ``min_percentile``. A missing percentile (a checkpoint without calibration, a row not scored)
+    fails every threshold above 0 and passes 0, which asks for no density filter."""
+    return (min_percentile <= 0) | (np.asarray(percentile, dtype=np.float64) >= min_percentile)
+
+
 def density_percentile(values: np.ndarray, quantiles: list[float]) -> np.ndarray:
     """Percentile (0-100) of each value among the held-out molecules the quantiles summarise."""
     levels = np.linspace(0.0, 100.0, len(quantiles))

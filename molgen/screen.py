@@ -18,7 +18,7 @@ import pandas as pd
 
 from molgen.checks import CheckConfig, append_results, run_checks
 from molgen.io import Chunk, TableWriter, read_molecules
-from molgen.scoring import DEFAULT_MIN_PERCENTILE, EncodedChunk, Scorer, encode_smiles
+from molgen.scoring import DEFAULT_MIN_PERCENTILE, EncodedChunk, Scorer, encode_smiles, passes_density
 from molgen.workers import process_pool
 
 FILTER_COLUMNS = ["passed", "failed_checks"]
@@ -96,7 +96,7 @@ def filter_columns(scores: pd.DataFrame, checks: pd.DataFrame | None, spec: Filt
         reasons = []
         if status != "ok":
             reasons.append(status)
-        elif not percentile >= spec.min_percentile:  # NaN (no calibration) fails too: be explicit
+        elif not passes_density(percentile, spec.min_percentile):
             reasons.append(f"density<p{spec.min_percentile:g}")
         if checks is not None and checks["status"].iat[row] == "ok" and checks["failed_checks"].iat[row]:
             reasons.extend(checks["failed_checks"].iat[row].split(";"))

@@ -31,8 +31,6 @@ TOKENIZER_VERSION = 1
 
 KEKULE_BONDS = ("none", "single", "double", "triple")
 AROMATIC_BONDS = KEKULE_BONDS + ("aromatic",)
-# Kinds of atom swap the ring-repair copies of training may make (Vocabulary.repair_swaps).
-REPAIR_SWAPS = ("hydrogen", "any")
 BOND_ORDERS = {"none": 0.0, "single": 1.0, "double": 2.0, "triple": 3.0, "aromatic": 1.5}
 RDKIT_BOND_TYPES = {
     "single": Chem.BondType.SINGLE, "double": Chem.BondType.DOUBLE,
@@ -125,20 +123,12 @@ class Vocabulary:
     def index(self, key: AtomKey) -> int | None:
         return self._index.get(key)  # type: ignore[attr-defined]
 
-    def repair_swaps(self, kind: str = "hydrogen") -> np.ndarray:
-        """(A, A) bool: which atom type may stand in for which in the ring-repair copies of training
-        (see :func:`molgen.losses.ring_atom_swapped`). ``"hydrogen"``: the same element and charge
-        with one hydrogen more or fewer (n <-> [nH] in the aromatic vocabulary); ``"any"``: any other
-        type of the same charge."""
-        if kind not in REPAIR_SWAPS:
-            raise ValueError(f"unknown repair swap {kind!r}; one of {', '.join(REPAIR_SWAPS)}")
-
-        def allowed(old: AtomKey, new: AtomKey) -> bool:
-            if kind == "hydrogen":
-                return old[:2] == new[:2] and abs(old[2] - new[2]) == 1
-            return old != new and old[1] == new[1]
-
-        return np.array([[allowed(old, new) for new in self.atom_types] for old in self.atom_types], dtype=bool)
+    def repair_swaps(self) -> np.ndarray:
+        """(A, A) bool: which atom type may stand in for which in the ring-broken copies that the repair
+        adapter learns from (see :func:`molgen.training.corruptions.ring_atom_swapped`): any other type of
+        the same charge."""
+        return np.array([[old != new and old[1] == new[1] for new in self.atom_types] for old in self.atom_types],
+                        dtype=bool)
 
     def has_element(self, symbol: str) -> bool:
         return symbol in self._elements  # type: ignore[attr-defined]

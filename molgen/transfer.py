@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from molgen.model import DiScoConfig, DiScoFormer, derived_atom_features
+from molgen.model import DiScoConfig, DiScoFormer
+from molgen.model.features import derived_atom_features
 from molgen.tokenizer import Vocabulary
 
 # Bond types without a counterpart in the source, as mixtures of source bond types.

@@ -60,7 +60,7 @@ def tiny_checkpoint(tmp_path_factory):
     import pandas as pd
 
     from molgen.data import prepare_dataset
-    from molgen.train import TrainConfig, Trainer, TrainingData
+    from molgen.training.trainer import TrainConfig, Trainer, TrainingData
 
     folder = tmp_path_factory.mktemp("tiny")
     source = folder / "molecules_200.csv"
@@ -75,3 +75,11 @@ def tiny_checkpoint(tmp_path_factory):
     trainer = Trainer(config, TrainingData.combine([dataset], ["qm9"]), folder / "run")
     trainer.fit()
     return trainer.checkpoint_path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(vocabulary, batch, model): an untrained two-layer DiScoFormer on eight small molecules."""
+    from tiny_model import tiny_model
+
+    return tiny_model()

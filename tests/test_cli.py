@@ -80,6 +80,7 @@ def test_data_prepare_without_qm9_explains_how_to_get_it():
     assert result.exit_code == 2 and "QM9 not found" in result.output
 
 
+@pytest.mark.slow
 def test_bbbp_every_row_kept_and_strict_names_the_row(tmp_path):
     bbbp = shared_file("molnet/bbbp.csv")
     out = tmp_path / "bbbp.csv"

@@ -86,6 +86,7 @@ def test_download_path_with_a_stand_in_server(tmp_path, monkeypatch):
     assert sorted(p.name for p in files.csv.parent.iterdir()) == ["qm9.csv", "qm9_test_idx.json"]
 
 
+@pytest.mark.slow
 def test_full_qm9_prepares_with_the_published_split():
     csv = shared_file("qm9.csv")
     files = locate_qm9(csv)

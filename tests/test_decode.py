@@ -14,6 +14,7 @@ def vocab():
     return Vocabulary.from_graphs((molecular_graph(parse_smiles(s)) for s in QM9_LIKE), max_atoms=9)
 
 
+@pytest.mark.slow
 def test_constrained_decode_of_random_probabilities_is_always_valid_and_connected(vocab):
     rng = np.random.default_rng(0)
     changed = 0

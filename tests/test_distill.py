@@ -2,10 +2,10 @@ import numpy as np
 import torch
 from test_train import TINY, qm9_subset
 
-from molgen.distill import DistillConfig, distill_density_head, distillation_targets, with_atom_terms
-from molgen.evaluation.density import spearman
+from molgen.training.distill import DistillConfig, distill_density_head, distillation_targets, with_atom_terms
+from molgen.stats import spearman
 from molgen.likelihood import clean_states
-from molgen.train import TrainConfig, Trainer
+from molgen.training.trainer import TrainConfig, Trainer
 
 
 def trained(tmp_path):
@@ -20,7 +20,7 @@ def trained(tmp_path):
 def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path):
     data, trainer = trained(tmp_path)
     model = with_atom_terms(trainer.ema)
-    model.density_head.requires_grad_(False)  # as in an EMA copy
+    model.density.members[0].cls.requires_grad_(False)  # as in an EMA copy
     flags = [parameter.requires_grad for parameter in model.parameters()]
     before = {name: value.clone() for name, value in model.state_dict().items()}
     config = DistillConfig(molecules=80, elbo_samples=4, check_molecules=20, check_samples=4, pilot_molecules=32,
@@ -29,15 +29,15 @@ def test_distillation_refits_only_the_density_head_and_reports_its_fit(tmp_path)
                                   data.indices("val")[:20], trainer.size_log_probs, config)
     after = model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert all(name.startswith(("density_head.", "density_atom_head.")) or name == "density_offset" for name in changed)
-    assert any(name.startswith("density_head.") for name in changed)
-    assert any(name.startswith("density_atom_head.") for name in changed)
+    assert all(name.startswith("density.") for name in changed)
+    assert any(name.startswith("density.members.0.cls.") for name in changed)
+    assert any(name.startswith("density.members.0.atoms.") for name in changed)
     assert [parameter.requires_grad for parameter in model.parameters()] == flags  # left as they were
     assert len(report["proposal"]) == 32 and np.isclose(sum(report["proposal"]), 1.0, atol=1e-5)
     for key in ("spearman_density_elbo_before", "spearman_density_elbo_after", "check_rmse_nats"):
         assert np.isfinite(report[key]), key
     # The refit head predicts the ELBO's scale: its mean sits on the targets' mean.
-    assert abs(float(model.density_offset) + report["train_target_mean_nats"]) < 1e-4
+    assert abs(float(model.density.offset) + report["train_target_mean_nats"]) < 1e-4
 
 
 def test_added_members_are_fit_each_on_its_own_under_the_given_proposal(tmp_path):
@@ -51,8 +51,8 @@ def test_added_members_are_fit_each_on_its_own_under_the_given_proposal(tmp_path
                                   data.indices("val")[:20], trainer.size_log_probs, config, proposal=proposal)
     after = model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
-    assert changed and all(name.startswith("density_extra_members.") for name in changed), changed
-    assert {name.split(".")[1] for name in changed} == {"0", "1"}  # both new members were fit
+    assert changed and all(name.startswith(("density.members.1.", "density.members.2.")) for name in changed), changed
+    assert {name.split(".")[2] for name in changed} == {"1", "2"}  # both new members were fit
     assert np.allclose(report["proposal"], proposal.numpy())  # the stored proposal, not a new pilot's
     assert report["members"] == [1, 2] and len(report["spearman_each_new_member"]) == 2
     assert np.isfinite(report["spearman_new_members"]) and np.isfinite(report["spearman_density_elbo_after"])
@@ -60,7 +60,7 @@ def test_added_members_are_fit_each_on_its_own_under_the_given_proposal(tmp_path
     batch, dist = data.batch(data.indices("val")[:20])
     with torch.no_grad():
         states = clean_states(model, batch, dist, trainer.noise)
-        first, second = (model.density_of(states, batch.mask, [member]) for member in (1, 2))
+        first, second = (model.density(states, batch.mask, [member]) for member in (1, 2))
     assert not torch.allclose(first, second)
 
 
@@ -74,14 +74,14 @@ def test_before_figure_of_added_members_is_the_head_without_them(tmp_path):
     targets = distillation_targets(base, trainer.noise, data.batch, rows, check, trainer.size_log_probs, config,
                                    proposal=proposal)
     with torch.no_grad():
-        old_head = base.density_of(targets.check_states, targets.check_masks).numpy()
+        old_head = base.density(targets.check_states, targets.check_masks).numpy()
     report = distill_density_head(base.with_density_members(1), trainer.noise, data.batch, rows, check,
                                   trainer.size_log_probs, config, proposal=proposal)
     assert np.isclose(report["spearman_density_elbo_before"], spearman(old_head, -targets.check_elbos.numpy()))
 
 
 def test_mutant_targets_are_new_encodable_molecules_with_their_parents_distribution(tmp_path):
-    from molgen.distill import with_mutants
+    from molgen.training.distill import with_mutants
 
     data = qm9_subset(tmp_path, 120, val_fraction=0.25)
     batch_of, rows = with_mutants(data, 30, seed=0)
@@ -98,7 +98,7 @@ def test_mutant_targets_are_new_encodable_molecules_with_their_parents_distribut
 def test_huber_fit_ranks_the_bulk_despite_a_tail_of_huge_targets():
     """A few targets hundreds of nats off (as some mutants' ELBOs are) drag a least-squares head away
     from the bulk; the default Huber loss keeps ranking the bulk."""
-    from molgen.distill import DistillationTargets, fit_density_head
+    from molgen.training.distill import DistillationTargets, fit_density_head
     from molgen.model import DiScoConfig, DiScoFormer
 
     generator = torch.Generator().manual_seed(0)

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from molgen.baselines.knn import TanimotoKNN
 from molgen.cli import app
-from molgen.evaluation.decoys import single_edit_mutants
-from molgen.evaluation.density import (
+from molgen.mutants import single_edit_mutants
+from molgen.stats import (
     auroc,
     calibration,
     spearman,
@@ -107,6 +107,7 @@ def test_spearman_against_exact_recovers_the_correlation_a_noisy_yardstick_hides
     assert spearman_against_exact(0.5, 0.0, 2) is None and spearman_against_exact(0.99, 0.5, 1) == 1.0
 
 
+@pytest.mark.slow
 def test_interval_of_the_corrected_spearman_covers_the_truth_as_often_as_it_says():
     """Over independent draws of 1,000 molecules the 95% interval holds the population's exact-target
     Spearman in about 95% of draws, narrows with more molecules, and leaves out incomplete rows."""
@@ -185,6 +186,7 @@ def _stand_in_qm9(folder):
     return folder
 
 
+@pytest.mark.slow
 def test_cli_evaluate_writes_a_complete_report_for_a_checkpoint(tiny_checkpoint, tmp_path):
     qm9 = _stand_in_qm9(tmp_path / "qm9")
     out = tmp_path / "report.json"

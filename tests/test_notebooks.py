@@ -3,11 +3,13 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
+@pytest.mark.slow
 def test_generate_and_rank_notebook_runs(tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("MOLGEN_CHECKPOINT", str(tiny_checkpoint))
     monkeypatch.setenv("MOLGEN_NOTEBOOK_N", "24")
@@ -20,6 +22,7 @@ def test_generate_and_rank_notebook_runs(tiny_checkpoint, monkeypatch):
     assert len(images) >= 2  # the molecule grid and the density plot
 
 
+@pytest.mark.slow
 def test_score_library_notebook_runs(tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("MOLGEN_CHECKPOINT", str(tiny_checkpoint))
     monkeypatch.delenv("MOLGEN_LIBRARY", raising=False)  # the notebook's default: a bundled example file

@@ -2,18 +2,20 @@ import pandas as pd
 import pytest
 import torch
 from conftest import example_molecules, small_molecules
-from test_model import MATCHING_WEIGHTS, aromatic_graphs
+from test_features import MATCHING_WEIGHTS, aromatic_graphs
 from typer.testing import CliRunner
 
 from molgen.checkpoint import load_model, read_checkpoint
 from molgen.chemistry import parse_smiles
 from molgen.cli import app
 from molgen.data import prepare_dataset
-from molgen.model import DiScoConfig, DiScoFormer, kekule_features, repair_gate
+from molgen.model import DensityConfig, DiScoConfig, DiScoFormer
+from molgen.model.features import kekule_features
+from molgen.model.repair import repair_gate
 from molgen.noise import NoiseProcess
 from molgen.decode import decode_raw, nearest_molecule
-from molgen.repair import RepairConfig, fit_on_chains, fit_repair_adapter, no_molecule, record_chains, with_repair_adapter
-from molgen.train import TrainConfig, Trainer, TrainingData
+from molgen.training.repair import RepairConfig, fit_on_chains, fit_repair_adapter, no_molecule, record_chains, with_repair_adapter
+from molgen.training.trainer import TrainConfig, Trainer, TrainingData
 
 TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
 SINGLE, TRIPLE = 1, 3
@@ -70,7 +72,7 @@ def test_repair_adapter_acts_only_on_estimates_that_are_no_molecule_at_low_noise
                                outputs(plain, 2.0, (broken, x_bonds)).atom_logits)
     torch.testing.assert_close(outputs(repaired, 2.0, (broken, x_bonds)).bond_logits,
                                outputs(plain, 2.0, (broken, x_bonds)).bond_logits)
-    fitted = [repaired.repair] + ([repaired.repair_pairs] if pair_width else [])
+    fitted = [repaired.repair.atoms] + ([repaired.repair.pairs] if pair_width else [])
     for module in fitted:
         torch.nn.init.normal_(module[-1].weight)  # as if fitted
     new, old = outputs(repaired, 2.0, (broken, x_bonds)), outputs(plain, 2.0, (broken, x_bonds))
@@ -78,12 +80,12 @@ def test_repair_adapter_acts_only_on_estimates_that_are_no_molecule_at_low_noise
     torch.testing.assert_close(new.atom_logits[1], old.atom_logits[1])  # pyridine's does not
     torch.testing.assert_close(new.bond_logits[1], old.bond_logits[1])
     if pair_width:  # the pair side alone moves the bonds of a broken estimate
-        torch.nn.init.zeros_(repaired.repair[-1].weight)
+        torch.nn.init.zeros_(repaired.repair.atoms[-1].weight)
         new = outputs(repaired, 2.0, (broken, x_bonds))
         torch.testing.assert_close(new.atom_logits[1], old.atom_logits[1])
         assert not torch.allclose(new.bond_logits[0], old.bond_logits[0])
         torch.testing.assert_close(new.bond_logits[0], new.bond_logits[0].transpose(0, 1))
-        torch.nn.init.normal_(repaired.repair[-1].weight)
+        torch.nn.init.normal_(repaired.repair.atoms[-1].weight)
     # Shut at levels noisier than min_logsnr, without an estimate, and on real molecules at the clean
     # end, where the density head reads.
     for logsnr, self_cond in [(-3.0, (broken, x_bonds)), (2.0, None), (9.0, (x_atoms, x_bonds))]:
@@ -121,13 +123,14 @@ def test_fitting_the_adapter_lowers_its_loss_and_changes_nothing_else(aromatic_r
     config = RepairConfig(width=16, pair_width=8, steps=60, batch_size=32, check_molecules=64)
     report = fit_repair_adapter(model, trainer.data, NoiseProcess(), config)
     changed = {name for name, value in model.state_dict().items() if not torch.equal(before[name], value)}
-    assert {name.split(".")[0] for name in changed} == {"repair", "repair_pairs"}  # both sides, nothing else
+    assert {".".join(name.split(".")[:2]) for name in changed} == {"repair.atoms", "repair.pairs"}  # both sides, nothing else
     assert report["gated_per_batch"] > 0 and report["check_gated"] > 0
     assert 0.0 <= report["mended_before"] <= 1.0 and 0.0 <= report["mended_after"] <= 1.0
     assert report["loss_last_tenth"] < report["loss_first_tenth"]
     assert not any(parameter.requires_grad for parameter in model.parameters())
 
 
+@pytest.mark.slow
 def test_cli_repair_writes_a_model_with_the_adapter(aromatic_run, tmp_path, tiny_checkpoint):
     trainer, path = aromatic_run
     output = tmp_path / "repaired.pt"
@@ -140,7 +143,7 @@ def test_cli_repair_writes_a_model_with_the_adapter(aromatic_run, tmp_path, tiny
     assert "held-out estimates that were no molecule, the next pass made" in printed
     assert "of 30 of its own chains: raw validity of 10 fresh chains" in printed
     repaired, source = load_model(output), read_checkpoint(trainer.checkpoint_path)["ema"]
-    assert repaired.model.config.repair_adapter == 8 and repaired.model.config.repair_pair_adapter == 4
+    assert repaired.model.config.repair.width == 8 and repaired.model.config.repair.pair_width == 4
     assert repaired.meta["repair"]["config"]["steps"] == 20
     again = tmp_path / "again.pt"
     CliRunner().invoke(app, ["repair", str(trainer.checkpoint_path), "--data", str(path), "-o", str(again), *arguments])
@@ -169,10 +172,10 @@ def test_the_density_head_never_sees_the_adapter():
     smiles = ["Cn1c#cc(=O)nc1N", "c1ccncc1"]
     vocab, x_atoms, x_bonds, _ = aromatic_graphs(smiles)
     config = DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences), vocab.bond_orders,
-                         kekule_features=True, density_atom_terms=True, **TINY)
+                         kekule_features=True, density=DensityConfig(atom_terms=True), **TINY)
     plain = DiScoFormer(config).eval()
     repaired = with_repair_adapter(plain, 16, min_logsnr=-1.5).eval()
-    torch.nn.init.normal_(repaired.repair[-1].weight)
+    torch.nn.init.normal_(repaired.repair.atoms[-1].weight)
     batch = collate([encode(parse_smiles(s), vocab) for s in smiles], 9)
     noise, dist = NoiseProcess(), torch.zeros(2, dtype=torch.long)
     clean = torch.full((2,), noise.atoms.logsnr_max)
@@ -210,6 +213,7 @@ def test_nearest_molecule_keeps_a_molecule_and_mends_a_ring_by_its_likeliest_cha
     assert nearest_molecule(*nonsense, vocab) is None
 
 
+@pytest.mark.slow
 def test_the_adapter_is_fine_tuned_on_the_gated_states_of_its_own_chains(aromatic_run):
     trainer, _ = aromatic_run
     model = with_repair_adapter(trainer.ema, 16, min_logsnr=-1.5).eval()

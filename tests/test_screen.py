@@ -11,6 +11,7 @@ from conftest import example_molecules
 from typer.testing import CliRunner
 
 import molgen
+from molgen.checkpoint import read_checkpoint, save_checkpoint
 from molgen.cli import app
 
 runner = CliRunner()
@@ -124,6 +125,7 @@ def test_python_api_score_and_filter(tiny_checkpoint):
     assert exact["elbo_nats"].item() < 0 and exact["elbo_stderr"].item() >= 0
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_same_output(tiny_checkpoint, tmp_path):
     smiles = pd.concat([example_molecules()] * 5).iloc[:6000]
     source = tmp_path / "in.csv"
@@ -175,3 +177,36 @@ def test_score_to_sdf_keeps_every_row_as_a_record(tiny_checkpoint, tmp_path):
     smi = runner.invoke(app, ["score", str(source), "-o", str(tmp_path / "o.smi"), "--smiles-column", "structure",
                               "--checkpoint", str(tiny_checkpoint)])
     assert smi.exit_code == 2 and "no room for the appended columns" in smi.output
+
+
+@pytest.fixture(scope="module")
+def uncalibrated_checkpoint(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint without its calibration quantiles: no density percentile for any row."""
+    payload = read_checkpoint(tiny_checkpoint)
+    payload.pop("calibration")
+    path = tmp_path_factory.mktemp("uncalibrated") / "checkpoint.pt"
+    save_checkpoint(payload, path)
+    return path
+
+
+def test_a_missing_percentile_fails_every_threshold_above_zero_in_generate_and_filter(uncalibrated_checkpoint, tmp_path):
+    generated = tmp_path / "generated.csv"
+    base = ["generate", "-n", "12", "--steps", "4", "--checkpoint", str(uncalibrated_checkpoint), "-o", str(generated),
+            "--rule", "lipinski", "--alerts", ""]
+    for threshold, passes in (("5", False), ("0", True)):
+        result = runner.invoke(app, base + ["--min-percentile", threshold])
+        assert result.exit_code == 0, result.output
+        frame = pd.read_csv(generated)
+        assert frame["density_percentile"].isna().all()
+        assert frame["passed_density"].tolist() == [passes] * 12
+        assert frame["rank"].notna().any() == passes
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"smiles": ["CCO", "OC1CC1", "CC(=O)O"]}).to_csv(source, index=False)
+    kept = tmp_path / "kept.csv"
+    for threshold, passes in (("5", False), ("0", True)):
+        result = runner.invoke(app, ["filter", str(source), "-o", str(kept), "--checkpoint", str(uncalibrated_checkpoint),
+                                     "--workers", "1", "--keep-failed", "--min-percentile", threshold])
+        assert result.exit_code == 0, result.output
+        frame = pd.read_csv(kept, keep_default_na=False)
+        assert frame["passed"].tolist() == [passes] * 3
+        assert frame["failed_checks"].tolist() == (["", "", ""] if passes else ["density<p5"] * 3)

@@ -8,16 +8,13 @@ from conftest import example_molecules
 from typer.testing import CliRunner
 
 from molgen.checkpoint import load_model, read_checkpoint, save_checkpoint
-from molgen.chemistry import parse_smiles
 from molgen.cli import app
 from molgen.data import prepare_dataset
-from molgen.decode import decode_raw
 from molgen.likelihood import elbo
-from molgen.losses import LossWeights, bond_corrupted, consistency_loss, ring_atom_swapped, training_losses
-from molgen.model import DiScoConfig, DiScoFormer, posterior_probs
-from molgen.noise import NoiseProcess, q_sample, symmetric_noise
-from molgen.tokenizer import Vocabulary, collate, encode, molecular_graph
-from molgen.train import TrainConfig, Trainer, TrainingData, learning_rate
+from molgen.training.losses import LossWeights, consistency_loss, training_losses
+from molgen.model import posterior_probs
+from molgen.noise import q_sample, symmetric_noise
+from molgen.training.trainer import TrainConfig, Trainer, TrainingData, learning_rate
 
 TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
 
@@ -38,6 +35,7 @@ def fixed_elbo(trainer, data):
     return estimate.mean().item()
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_64_qm9_molecules(tmp_path):
     data = qm9_subset(tmp_path, 64)
     config = TrainConfig(epochs=150, batch_size=32, lr=3e-3, warmup_steps=20, ema_decay=0.9, model=TINY,
@@ -55,6 +53,7 @@ def test_tiny_model_overfits_64_qm9_molecules(tmp_path):
     assert after < before - 100, (before, after)  # nats per molecule
 
 
+@pytest.mark.slow
 def test_consistency_loss_falls_when_trained(tmp_path):
     data = qm9_subset(tmp_path, 64)
     config = TrainConfig(epochs=60, batch_size=32, lr=3e-3, warmup_steps=10, model=TINY,
@@ -192,154 +191,16 @@ def test_training_losses_report_every_term(tmp_path):
     assert set(losses) == {"score", "nll", "dsm", "elbo", "consistency", "total"}
     assert all(torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
-    assert all(p.grad is not None for p in trainer.model.density_head.parameters())
+    assert all(p.grad is not None for p in trainer.model.density.parameters())
 
 
-def test_ring_atom_swapped_moves_one_ring_hydrogen_of_each_molecule_that_has_one():
-    smiles = ["c1cc[nH]c1", "c1ccncc1", "c1c[nH]cn1", "c1ccccc1", "c1ccoc1", "CCO", "CN"]
-    graphs = [molecular_graph(parse_smiles(s), aromatic_bonds=True) for s in smiles]
-    vocab = Vocabulary.from_graphs(graphs, max_atoms=9, aromatic_bonds=True)
-    swaps = vocab.repair_swaps("hydrogen")
-    n, nh, c = vocab.index(("N", 0, 0)), vocab.index(("N", 0, 1)), vocab.index(("C", 0, 0))
-    assert swaps[n].nonzero()[0].tolist() == [nh] and swaps[nh].nonzero()[0].tolist() == [n] and not swaps[c].any()
-    batch = collate([encode(parse_smiles(s), vocab) for s in smiles], 9)
-    model = DiScoFormer(DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences),
-                                    bond_orders=vocab.bond_orders, d_model=16, n_layers=1, n_heads=2, d_pair=4, d_ff=32))
-    for seed in range(5):  # any of imidazole's two nitrogens
-        toggled, changed = ring_atom_swapped(model, batch, torch.from_numpy(swaps), 1.0, torch.Generator().manual_seed(seed))
-        # Only the molecules with a nitrogen on an aromatic bond: the amine's has a partner but no such bond.
-        assert changed.tolist() == [True, True, True, False, False, False, False]
-        differs = toggled != batch.atoms
-        assert differs.sum(1).tolist() == [1, 1, 1, 0, 0, 0, 0]
-        assert set(batch.atoms[differs].tolist()) <= {n, nh} and set(toggled[differs].tolist()) <= {n, nh}
-        _, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
-        x_atoms = torch.nn.functional.one_hot(toggled, vocab.num_atom_types).float()
-        for i in range(3):  # RDKit cannot kekulize any of the toggled rings
-            size = int(batch.mask[i].sum())
-            assert decode_raw(x_atoms[i, :size].numpy(), x_bonds[i, :size, :size].numpy(), vocab).failure == "kekulize"
-    _, changed = ring_atom_swapped(model, batch, torch.from_numpy(swaps), 0.0, torch.Generator().manual_seed(0))
-    assert not changed.any()
-
-    # In the loss the toggled states only feed the model: the targets stay the real molecules.
-    dist = torch.zeros(len(smiles), dtype=torch.long)
-    size_log_probs = torch.full((len(smiles), 10), -2.3)
-
-    def losses(**weights):
-        return training_losses(model, batch, dist, NoiseProcess(), size_log_probs,
-                               LossWeights(nll_molecules=2, nll_samples=2, **weights), torch.Generator().manual_seed(0),
-                               torch.from_numpy(swaps))
-
-    with pytest.raises(ValueError, match="repair_swaps"):
-        training_losses(model, batch, dist, NoiseProcess(), size_log_probs,
-                        LossWeights(repair_share=1.0), torch.Generator().manual_seed(0))
-    for rate in (0.0, 1.0):  # with and without the self-conditioning pass
-        repaired = losses(repair_share=1.0, self_conditioning_rate=rate)
-        assert all(torch.isfinite(v) for v in repaired.values())
-        assert repaired["score"] != losses(self_conditioning_rate=rate)["score"]
-
-
-def test_ring_atom_swapped_with_any_atom_breaks_every_aromatic_ring_within_valences():
-    # Benzene, toluene (its substituted carbon has no valence to spare for o or [nH]), furan, pyridine
-    # and pyrrole can all lose their Kekulé structure to one swap; the chains cannot.
-    smiles = ["c1ccccc1", "Cc1ccccc1", "c1ccoc1", "c1ccncc1", "c1cc[nH]c1", "CCO", "C#N", "CC(F)=O"]
-    graphs = [molecular_graph(parse_smiles(s), aromatic_bonds=True) for s in smiles]
-    vocab = Vocabulary.from_graphs(graphs, max_atoms=9, aromatic_bonds=True)
-    swaps = vocab.repair_swaps("any")
-    assert not swaps.diagonal().any() and swaps.sum() == vocab.num_atom_types * (vocab.num_atom_types - 1)
-    with pytest.raises(ValueError, match="unknown repair swap"):
-        vocab.repair_swaps("all")
-    batch = collate([encode(parse_smiles(s), vocab) for s in smiles], 9)
-    model = DiScoFormer(DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences),
-                                    bond_orders=vocab.bond_orders, d_model=16, n_layers=1, n_heads=2, d_pair=4, d_ff=32))
-    _, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
-    seen = set()
-    for seed in range(20):
-        swapped, changed = ring_atom_swapped(model, batch, torch.from_numpy(swaps), 1.0, torch.Generator().manual_seed(seed))
-        assert changed.tolist() == [True] * 5 + [False] * 3
-        assert (swapped != batch.atoms).sum(1).tolist() == [1] * 5 + [0] * 3
-        x_atoms = torch.nn.functional.one_hot(swapped, vocab.num_atom_types).float()
-        for i in range(5):  # every copy fails on its ring, none on a valence
-            size = int(batch.mask[i].sum())
-            assert decode_raw(x_atoms[i, :size].numpy(), x_bonds[i, :size, :size].numpy(), vocab).failure == "kekulize"
-            seen.add((i, vocab.labels[int(swapped[i][swapped[i] != batch.atoms[i]])]))
-    assert len({label for i, label in seen if i == 0}) > 1  # benzene's carbon becomes o, n or [nH], at random
-
-
-@pytest.mark.parametrize("aromatic_bonds", [False, True])
-def test_bond_corrupted_breaks_a_valence_or_a_bridge_of_each_molecule_that_allows_it(aromatic_bonds):
-    # Ethanol has bridges and no saturated atom; the quaternary carbon is saturated and has bridges
-    # (either kind), the ring ether's oxygen is saturated and has no bridge; cyclopropane and benzene
-    # have neither (a Kekulé ring carbon has a hydrogen left; one with an aromatic bond is not counted
-    # for valence); one atom has no bond at all.
-    smiles = ["CCO", "CC(C)(C)C", "C1COC1", "C1CC1", "c1ccccc1", "C", "C#N", "CC(=O)N", "Cc1ccncc1O"]
-    graphs = [molecular_graph(parse_smiles(s), aromatic_bonds=aromatic_bonds) for s in smiles]
-    vocab = Vocabulary.from_graphs(graphs, max_atoms=9, aromatic_bonds=aromatic_bonds)
-    batch = collate([encode(parse_smiles(s), vocab) for s in smiles], 9)
-    model = DiScoFormer(DiScoConfig(vocab.num_atom_types, 9, tuple(int(v) for v in vocab.max_valences),
-                                    bond_orders=vocab.bond_orders, d_model=16, n_layers=1, n_heads=2, d_pair=4, d_ff=32))
-    allowed = [True, True, True, False, False, False, True, True, True]
-    kinds = set()
-    for seed in range(20):
-        bonds, changed = bond_corrupted(model, batch, 1.0, torch.Generator().manual_seed(seed))
-        assert changed.tolist() == allowed
-        differs = torch.triu(bonds != batch.bonds, diagonal=1)
-        assert differs.flatten(1).sum(1).tolist() == [int(a) for a in allowed]
-        assert torch.equal(bonds, bonds.transpose(1, 2))
-        for i in range(len(smiles)):
-            if not allowed[i]:
-                continue
-            size = int(batch.mask[i].sum())
-            x_atoms = torch.nn.functional.one_hot(batch.atoms[i, :size], vocab.num_atom_types).float()
-            x_bonds = torch.nn.functional.one_hot(bonds[i, :size, :size], vocab.num_bond_types).float()
-            failure = decode_raw(x_atoms.numpy(), x_bonds.numpy(), vocab).failure
-            removed = bool((bonds[i][differs[i]] == 0).all())
-            # A removed bond always disconnects; an added or raised one always exceeds a valence.
-            assert failure == ("disconnected" if removed else "valence"), (smiles[i], failure)
-            kinds.add((smiles[i], failure))
-    assert ("CCO", "valence") not in kinds and ("CC(C)(C)C", "valence") in kinds and ("CC(C)(C)C", "disconnected") in kinds
-    _, changed = bond_corrupted(model, batch, 0.0, torch.Generator().manual_seed(0))
-    assert not changed.any()
-
-    # In the loss the corrupted states only feed the model; it runs beside the hydrogen moves.
-    dist = torch.zeros(len(smiles), dtype=torch.long)
-    size_log_probs = torch.full((len(smiles), 10), -2.3)
-
-    def losses(**weights):
-        return training_losses(model, batch, dist, NoiseProcess(), size_log_probs,
-                               LossWeights(nll_molecules=2, nll_samples=2, **weights), torch.Generator().manual_seed(0),
-                               torch.from_numpy(vocab.repair_swaps("any")))
-
-    for rate in (0.0, 1.0):
-        repaired = losses(bond_repair_share=1.0, repair_share=1.0, repair_atoms="any", self_conditioning_rate=rate)
-        assert all(torch.isfinite(v) for v in repaired.values())
-        assert repaired["score"] != losses(self_conditioning_rate=rate)["score"]
-
-
-def test_train_cli_repair_share_trains_and_resumes_with_it(tmp_path):
-    source = tmp_path / "mols.csv"
-    frame = example_molecules().to_frame()
-    aromatic_nitrogen = [any(a.GetIsAromatic() and a.GetSymbol() == "N" for a in parse_smiles(s).GetAtoms())
-                         for s in frame.smiles]
-    frame[aromatic_nitrogen].iloc[:128].to_csv(source, index=False)
-    out = tmp_path / "run"
-    args = ["train", str(source), "-o", str(out), "--epochs", "1", "--batch-size", "64", "--d-model", "16",
-            "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "8", "--aromatic-bonds",
-            "--repair-share", "0.5", "--repair-atoms", "any", "--bond-repair-share", "0.25"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    loss = read_checkpoint(out / "checkpoint.pt")["meta"]["train_config"]["loss"]
-    assert loss["repair_share"] == 0.5 and loss["repair_atoms"] == "any" and loss["bond_repair_share"] == 0.25
-    result = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--epochs", "2"])
-    assert result.exit_code == 0, result.output
-    assert "--repair-share 0.5, --repair-atoms any, --bond-repair-share 0.25" in " ".join(result.output.split())
-
-
+@pytest.mark.slow
 def test_train_cli_end_to_end(tmp_path):
     source = tmp_path / "mols.csv"
     example_molecules().iloc[:300].to_frame().to_csv(source, index=False)
     out = tmp_path / "run"
     args = ["train", str(source), "-o", str(out), "--epochs", "2", "--batch-size", "64", "--d-model", "16",
-            "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "10", "--bond-logsnr-shift", "1.5"]
+            "--n-layers", "1", "--n-heads", "2", "--d-pair", "4", "--val-molecules", "10"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "epoch 2/2:" in result.output and "finished at step" in result.output
@@ -351,11 +212,14 @@ def test_train_cli_end_to_end(tmp_path):
     assert loaded.distributions == ["mols"] and len(loaded.calibration["mols"]) == 101
     assert loaded.elbo_proposal is None
     assert (loaded.noise.atoms.logsnr_max, loaded.noise.atoms.logsnr_min) == (9.0, -9.0)
-    assert (loaded.noise.bonds.logsnr_max, loaded.noise.bonds.logsnr_min) == (10.5, -7.5)
+    assert loaded.noise.bonds == loaded.noise.atoms
     bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--device", "cuda:7"])
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
-    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--ring-features", "--no-self-conditioning"])
-    assert bad.exit_code == 2 and "--ring-features reads the self-conditioning estimate" in bad.output
+    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--kekule-features", "--no-self-conditioning"])
+    assert bad.exit_code == 2 and "--kekule-features reads the self-conditioning estimate" in bad.output
+    for retired in ("--ring-features", "--bond-logsnr-shift", "--repair-share", "--repair-atoms"):
+        bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), retired, "1"])
+        assert bad.exit_code == 2 and "No such option" in bad.output
     nothing = tmp_path / "nothing.csv"
     nothing.write_text("smiles\nxx\nC1CC\n")
     bad = CliRunner().invoke(app, ["train", str(nothing), "-o", str(out)])
@@ -364,17 +228,12 @@ def test_train_cli_end_to_end(tmp_path):
     few.write_text("smiles\nCCO\nCCN\nc1ccccc1\n")
     bad = CliRunner().invoke(app, ["train", str(few), "-o", str(out)])
     assert bad.exit_code == 2 and "few: 3 training and 0 held-out molecules; training needs both" in bad.output
-    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--repair-share", "0.5"])
-    assert bad.exit_code == 2 and "--repair-share swaps atoms on aromatic bonds: add --aromatic-bonds" in bad.output
-    bad = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--aromatic-bonds", "--repair-share", "0.5",
-                                   "--repair-atoms", "all"])
-    assert bad.exit_code == 2 and "--repair-atoms 'all': one of hydrogen, any" in bad.output
 
     # --resume takes the options the run was trained with unless they are given again.
     result = CliRunner().invoke(app, ["train", str(source), "-o", str(out), "--resume", "--epochs", "3"])
     assert result.exit_code == 0, result.output
     assert ("resuming with the checkpoint's --batch-size 64, --val-molecules 10, --d-model 16, --n-layers 1, "
-            "--n-heads 2, --d-pair 4, --bond-logsnr-shift 1.5") in " ".join(result.output.split())
+            "--n-heads 2, --d-pair 4") in " ".join(result.output.split())
     assert "epoch 3/3:" in result.output and "epoch 2/" not in result.output
     resumed = load_model(out / "checkpoint.pt")
     assert resumed.meta["step"] == loaded.meta["step"] * 3 // 2 and resumed.noise == loaded.noise
@@ -399,7 +258,7 @@ def test_train_cli_end_to_end(tmp_path):
     # The last epoch's Spearman was measured on the head the distillation replaced: the card leaves it out.
     assert "spearman_density_elbo" in refit.metrics and "last epoch: spearman" not in card.output
     assert "last epoch: spearman" in CliRunner().invoke(app, ["info", "--checkpoint", str(out / "checkpoint.pt")]).output
-    assert refit.model.config.density_atom_terms and not loaded.model.config.density_atom_terms
+    assert refit.model.config.density.atom_terms and not loaded.model.config.density.atom_terms
     bad = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--device", "cuda:7"])
     assert bad.exit_code == 2 and "CUDA is not available" in bad.output
     # --proposal-only re-estimates the importance proposal and nothing else, and says what it bought.
@@ -429,8 +288,8 @@ def test_train_cli_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     assert "with density members 2-3 (alone:" in " ".join(result.output.split())
     grown = load_model(grown_path)
-    assert grown.model.config.density_members == 3 and torch.equal(grown.elbo_proposal, again.elbo_proposal)
-    kept = {key: value for key, value in grown.model.state_dict().items() if not key.startswith("density_extra_members.")}
+    assert grown.model.config.density.members == 3 and torch.equal(grown.elbo_proposal, again.elbo_proposal)
+    kept = {key: value for key, value in grown.model.state_dict().items() if not key.startswith(("density.members.1.", "density.members.2."))}
     assert all(torch.equal(value, again.model.state_dict()[key]) for key, value in kept.items())
     assert grown.meta["distillation"] == again.meta["distillation"] and grown.calibration != again.calibration
     assert grown.evaluation == {"uniqueness": 0.97}
@@ -449,7 +308,7 @@ def test_train_cli_end_to_end(tmp_path):
                                       "--molecules", "50", "--elbo-samples", "2", "--epochs", "2"])
     assert result.exit_code == 0, result.output
     refit_all = load_model(tmp_path / "refit.pt")
-    assert refit_all.model.config.density_members == 3 and "density_members" not in refit_all.meta
+    assert refit_all.model.config.density.members == 3 and "density_members" not in refit_all.meta
     bare = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(source), "--add-members", "2"])
     assert bare.exit_code == 2 and "has none: distil it once without --add-members first" in " ".join(bare.output.split())
     # Distilled in place, the run's checkpoint has another density head: resuming says so, no traceback.
@@ -457,7 +316,7 @@ def test_train_cli_end_to_end(tmp_path):
     distilled_run.mkdir()
     shutil.copy(distilled, distilled_run / "checkpoint.pt")
     resumed = CliRunner().invoke(app, [*args[:3], str(distilled_run), *args[4:], "--resume"])
-    assert resumed.exit_code == 2 and "differs from this run's in density_atom_terms" in resumed.output
+    assert resumed.exit_code == 2 and "differs from this run's in density" in resumed.output
     assert "--init-from" in resumed.output
     other = tmp_path / "other.csv"
     example_molecules().iloc[300:400].to_frame().to_csv(other, index=False)

@@ -12,7 +12,7 @@ from molgen.cli import app
 from molgen.data import prepare_dataset
 from molgen.noise import NoiseProcess
 from molgen.tokenizer import collate, encode
-from molgen.train import TrainConfig, Trainer, TrainingData
+from molgen.training.trainer import TrainConfig, Trainer, TrainingData
 
 TINY = {"d_model": 32, "d_pair": 8, "n_layers": 2, "n_heads": 4, "d_ff": 64}
 

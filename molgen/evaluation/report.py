@@ -5,7 +5,7 @@ test molecules and decoys, for the DiScoFormer and for any reference model in th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from molgen.baselines.knn import TanimotoKNN
-from molgen.checkpoint import LoadedModel
+from molgen.checkpoint import BUNDLED, LoadedModel, ModelCard
 from molgen.data import locate_qm9, prepare_dataset
-from molgen.evaluation.decoys import single_edit_mutants
-from molgen.evaluation.density import (
+from molgen.mutants import single_edit_mutants
+from molgen.stats import (
     auroc,
     calibration,
     mean_with_stderr,
@@ -176,13 +176,14 @@ def _mean_of_values(values: list):
 def evaluate_discoformer(
     loaded: LoadedModel, data: ReferenceData, n: int = 10_000, seed: int = 0, elbo_samples: int = 256,
     sampler: SamplerSettings = SamplerSettings(), log: Log = lambda message: None, draws: int = 1,
+    name: str = BUNDLED.name,
 ) -> dict:
     """The full report of one checkpoint: generation metrics on ``n`` samples drawn with ``sampler``
     (default: the settings `molgen generate` uses), density metrics, and the kNN-Tanimoto reference
     on the same decoys. With ``draws`` > 1 the generation metrics are the means of that many
     independent draws of ``n`` (seeds ``seed``, ``seed + 1``, ...), each listed under "draws": one
     10,000-sample validity or uniqueness near 97% moves by 0.17 points (binomial standard error)
-    from seed to seed."""
+    from seed to seed. ``name`` names the checkpoint on the report's model card."""
     per_draw = [sampled_generation(loaded, data, n, seed + k, sampler, log) for k in range(draws)]
     generation = mean_over_draws(per_draw)
     generation["draws"] = [{"seed": seed + k, **{key: draw[key] for key in DRAW_FIGURES},
@@ -192,7 +193,7 @@ def evaluate_discoformer(
     density = discoformer_density(loaded, data, elbo_samples, seed)
     log("kNN-Tanimoto reference")
     return {
-        "model": model_card(loaded),
+        "model": asdict(ModelCard.of(loaded, name)),
         "generation": generation,
         "density": density,
         "reference_knn_tanimoto": knn_reference(data),
@@ -216,22 +217,6 @@ def floor_reference(data: ReferenceData, n: int = 10_000, seed: int = 0) -> dict
     return generation_metrics(sample, data.test, set(data.train) | set(data.val))
 
 
-def model_card(loaded: LoadedModel) -> dict:
-    meta = loaded.meta
-    return {
-        "parameters": meta.get("parameters"),
-        "training_seconds": meta.get("training_seconds"),
-        "epochs": meta.get("epochs_done"),
-        "initialized_from": meta.get("initialized_from"),  # a warm start's own training, not counted above
-        "distributions": loaded.distributions,
-        "data_fingerprints": meta.get("data_fingerprints"),
-    }
-
-
-# Headline figures that measure the density head: a refit of the head (molgen distill) makes them stale.
-DENSITY_HEAD_FIGURES = ("spearman_density_elbo", "spearman_density_elbo_pooled", "spearman_density_elbo_corrected",
-                        "spearman_density_elbo_corrected_interval", "auroc_vs_mutants",
-                        "share_below_5th_percentile_test")
 
 
 def headline_figures(report: dict) -> dict:

