@@ -10,6 +10,14 @@ def load(path=None, device: str = "cpu"):
     return _load(path, device)
 
 
+def to_pyg(smiles, model=None):
+    """SMILES as torch-geometric graphs in a model's vocabulary (the bundled one by default), for your
+    own GNN or for ``model.score`` (see :meth:`molgen.api.Model.to_pyg`)."""
+    from molgen.api import load as _load
+
+    return (model or _load()).to_pyg(smiles)
+
+
 def filter_frame(molecules, model=None, **options):
     """Density filter plus RDKit checks on a DataFrame (see :func:`molgen.api.filter_frame`)."""
     from molgen.api import filter_frame as _filter_frame

@@ -6,13 +6,15 @@ import os
 from dataclasses import replace
 
 import pandas as pd
+from torch_geometric.data import Data
 
 from molgen.checkpoint import BUNDLED, LoadedModel, ModelCard, load_model
 from molgen.checks import DEFAULT_ALERTS, DEFAULT_RULES, CheckConfig, append_results, run_checks
 from molgen.pipeline import GenerateOptions, generate
 from molgen.sampler import SamplerSettings
 from molgen.io import resolve_smiles_column
-from molgen.scoring import DEFAULT_MIN_PERCENTILE, EXACT_COLUMNS, SCORE_COLUMNS, Scorer
+from molgen.pyg import smiles_to_data
+from molgen.scoring import DEFAULT_MIN_PERCENTILE, EXACT_COLUMNS, SCORE_COLUMNS, Scorer, encode_graphs
 from molgen.screen import FILTER_COLUMNS, FilterSpec, filter_columns
 
 
@@ -67,19 +69,30 @@ class Model:
         return frame
 
     def score(
-        self, molecules: "pd.DataFrame | list[str] | str", smiles_column: str | None = None, exact: bool = False,
-        distribution: str | None = None,
+        self, molecules: "pd.DataFrame | list[str] | str | list[Data]", smiles_column: str | None = None,
+        exact: bool = False, distribution: str | None = None,
     ) -> pd.DataFrame:
         """Score SMILES (a string, a list, or a DataFrame column): the DataFrame comes back with
         ``log_density``, ``density_percentile``, ``status`` and ``reason`` appended (and the ELBO and
         its standard error with ``exact``); a list gives a DataFrame with a ``smiles`` column.
         ``smiles_column`` defaults to a column named smiles in any case, as on the command line; a
-        frame molgen scored before gets its score columns replaced, not repeated."""
+        frame molgen scored before gets its score columns replaced, not repeated. A list of
+        torch-geometric graphs in this model's vocabulary (:meth:`to_pyg`) gives one row per graph."""
+        if isinstance(molecules, (list, tuple)) and molecules and isinstance(molecules[0], Data):
+            scorer = Scorer(self.loaded, distribution, self.device, exact=exact)
+            encoded = encode_graphs(list(molecules), self.loaded.vocab)
+            return scorer.score_encoded(encoded, pd.RangeIndex(len(molecules)))
         frame, column = _as_frame(molecules, smiles_column)
         frame = _without_earlier_results(frame, SCORE_COLUMNS + EXACT_COLUMNS)
         smiles = [s if isinstance(s, str) and s else None for s in frame[column].tolist()]
         scores = Scorer(self.loaded, distribution, self.device, exact=exact).score_smiles(smiles, frame.index)
         return append_results(frame, scores)
+
+    def to_pyg(self, smiles: "str | list[str]") -> list[Data]:
+        """Each SMILES as a torch-geometric ``Data`` in this model's vocabulary: ``x`` atom-type ids,
+        ``edge_index`` and ``edge_attr`` bond-type ids (both directions), plus ``smiles``, ``status`` and
+        ``reason``. Rows that cannot be encoded have no atoms and say why; :attr:`vocab` labels the ids."""
+        return smiles_to_data([smiles] if isinstance(smiles, str) else list(smiles), self.loaded.vocab.to_dict())
 
     def __repr__(self) -> str:
         meta = self.loaded.meta

@@ -76,6 +76,70 @@ def encode_smiles(smiles: list[str | None], read_errors: list[str | None], vocab
     )
 
 
+def encode_graphs(graphs: list, vocab: Vocabulary) -> EncodedChunk:
+    """Encode torch-geometric graphs of atom- and bond-type ids in ``vocab`` (as :func:`molgen.to_pyg`
+    makes them) the way :func:`encode_smiles` encodes SMILES: a graph that carries a ``status`` other
+    than ok keeps it, and one that does not fit the vocabulary or is not a molecular graph (a bond one
+    way only, a bond to itself) gets ``invalid_molecule`` and why."""
+    n = vocab.max_atoms
+    status, reason, positions, atom_rows, bond_rows, sizes = [], [], [], [], [], []
+    for position, graph in enumerate(graphs):
+        given = getattr(graph, "status", "ok")
+        if given != "ok":  # a row molgen.to_pyg could not encode keeps its status and reason
+            status.append(given)
+            reason.append(getattr(graph, "reason", ""))
+            continue
+        problem = _graph_problem(graph, vocab)
+        if problem is not None:
+            status.append("invalid_molecule")
+            reason.append(problem)
+            continue
+        k = int(graph.num_nodes)
+        atoms = np.zeros(n, dtype=np.int8)
+        atoms[:k] = graph.x.numpy()
+        bonds = np.zeros((n, n), dtype=np.int8)
+        first, second = graph.edge_index.numpy()
+        bonds[first, second] = graph.edge_attr.numpy()
+        status.append("ok")
+        reason.append("")
+        positions.append(position)
+        atom_rows.append(atoms)
+        bond_rows.append(bonds)
+        sizes.append(k)
+    return EncodedChunk(
+        status, reason, np.array(positions, dtype=np.int64),
+        np.array(atom_rows, dtype=np.int8).reshape(-1, n), np.array(bond_rows, dtype=np.int8).reshape(-1, n, n),
+        np.array(sizes, dtype=np.int8),
+    )
+
+
+def _graph_problem(graph, vocab: Vocabulary) -> str | None:
+    """Why ``graph`` cannot be scored with ``vocab``, or None."""
+    if graph.x is None or not graph.num_nodes:
+        return "no atoms"
+    x, edges, kinds = graph.x, graph.edge_index, graph.edge_attr
+    k = int(graph.num_nodes)
+    if x.dim() != 1 or len(x) != k:
+        return "x must hold one atom-type id per node"
+    if k > vocab.max_atoms:
+        return f"{k} heavy atoms > {vocab.max_atoms}"
+    if int(x.min()) < 0 or int(x.max()) >= vocab.num_atom_types:
+        return f"atom-type ids must lie in 0..{vocab.num_atom_types - 1}"
+    if edges is None or edges.numel() == 0:
+        return None if k == 1 else f"{k} atoms and no bonds"
+    if kinds is None or kinds.dim() != 1 or len(kinds) != edges.shape[1]:
+        return "edge_attr must hold one bond-type id per edge"
+    if int(kinds.min()) < 1 or int(kinds.max()) >= vocab.num_bond_types:
+        return f"bond-type ids must lie in 1..{vocab.num_bond_types - 1}"
+    if int(edges.min()) < 0 or int(edges.max()) >= k or bool((edges[0] == edges[1]).any()):
+        return "edge_index must join two different atoms of the graph"
+    bonds = torch.zeros(k, k, dtype=torch.long)
+    bonds[edges[0], edges[1]] = kinds
+    if not torch.equal(bonds, bonds.T):
+        return "every bond must appear in both directions with the same type"
+    return None
+
+
 def passes_density(percentile, min_percentile: float) -> np.ndarray:
     """The one density rule of ``generate``, ``filter`` and the API: a percentile at or above
     ``min_percentile``. A missing percentile (a checkpoint without calibration, a row not scored)

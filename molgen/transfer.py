@@ -6,9 +6,14 @@ Their rows and columns are carried over by key, so an atom type or bond type the
 what it learned. A new type starts from its nearest old ones: an aromatic atom type with stated
 hydrogens from the same element and charge, the aromatic bond from the mean of single and double
 (its order 1.5 lies between them). Everything else must have the same shape and is copied; types with
-no source keep their fresh initialisation. Derived input features the source lacks (ring or Kekulé
-features turned on for the new run) start with zero weights, so the model starts out computing what
-the source computed.
+no source keep their fresh initialisation. Derived input features the source lacks (Kekulé features
+turned on for the new run) start with zero weights, so the model starts out computing what the
+source computed.
+
+Two tables grow with the data rather than the vocabulary: the atom positions (room for larger
+molecules: the source's positions are kept, the new ones start fresh) and the ``[DIST]`` embeddings
+(carried by distribution name; a new distribution starts from the source's null embedding, the
+"any molecule" it learned, and the null stays the null).
 """
 
 from __future__ import annotations
@@ -83,10 +88,12 @@ def _derived_segments(source: DiScoConfig, target: DiScoConfig) -> list[tuple[No
 
 
 def transfer_weights(
-    target: DiScoFormer, target_vocab: Vocabulary, source_state: dict, source_config: dict, source_vocab: Vocabulary
+    target: DiScoFormer, target_vocab: Vocabulary, source_state: dict, source_config: dict, source_vocab: Vocabulary,
+    source_names: list[str] | None = None, target_names: list[str] | None = None,
 ) -> list[str]:
     """Load ``source_state`` into ``target`` through the vocabulary mappings; returns the names of the
-    tensors that were mapped rather than copied. Raises ValueError when the backbones differ."""
+    tensors that were mapped rather than copied. ``source_names`` and ``target_names`` are the two
+    models' distributions (default: the same ones). Raises ValueError when the backbones differ."""
     atoms, bonds = atom_mapping(source_vocab, target_vocab), bond_mapping(source_vocab, target_vocab)
     config = target.config
     source_model = DiScoConfig.from_dict(source_config)
@@ -112,9 +119,25 @@ def transfer_weights(
         elif name in mapped_outputs:
             state[name] = _rows(mapped_outputs[name], old, fresh)
             mapped.append(name)
+        elif name == "position" and old.shape[1:] == fresh.shape[1:]:
+            kept = min(len(old), len(fresh))
+            state[name] = torch.cat([old[:kept], fresh[kept:]])
+            if len(old) != len(fresh):
+                mapped.append(name)
+        elif name == "dist.weight" and target_names is not None and source_names not in (None, target_names):
+            state[name] = _distribution_rows(old, source_names, target_names)
+            mapped.append(name)
         elif old.shape != fresh.shape:
             raise ValueError(f"{name} is {tuple(old.shape)} in the source and {tuple(fresh.shape)} here")
         else:
             state[name] = old
     target.load_state_dict(state)
     return mapped
+
+
+def _distribution_rows(old: torch.Tensor, source_names: list[str], target_names: list[str]) -> torch.Tensor:
+    """``[DIST]`` embeddings (one row per distribution, then the null one) carried by name; a
+    distribution the source lacks starts from its null row."""
+    null = old[len(source_names)]
+    rows = [old[source_names.index(name)] if name in source_names else null for name in target_names]
+    return torch.stack(rows + [null])

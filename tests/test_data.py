@@ -50,7 +50,8 @@ def test_prepare_statuses_splits_vocabulary_and_cache(tmp_path):
 
     again, from_cache = prepare_dataset(source, test_idx, max_atoms=9, val_fraction=0.0)
     assert from_cache
-    assert np.array_equal(again.bonds, dataset.bonds) and list(again.smiles) == list(dataset.smiles)
+    assert all(np.array_equal(again.graphs.arrays()[name], array) for name, array in dataset.graphs.arrays().items())
+    assert list(again.smiles) == list(dataset.smiles)
     assert again.vocab == dataset.vocab and again.fingerprint == dataset.fingerprint
 
 
@@ -95,5 +96,5 @@ def test_full_qm9_prepares_with_the_published_split():
     assert dataset.split_sizes()["test"] == 13_082
     assert dataset.split_sizes()["train"] + dataset.split_sizes()["val"] == QM9_ROWS - 13_082
     assert dataset.vocab.max_atoms == 9 and len(dataset.vocab.atom_types) == 8
-    cached = next((cache_dir() / "prepared").glob("qm9-*.npz"))
-    assert np.array_equal(PreparedDataset.load(cached).atoms, dataset.atoms)
+    cached = next((cache_dir() / "prepared").glob("qm9-*.graphs.npz"))
+    assert np.array_equal(PreparedDataset.load(cached).graphs.x, dataset.graphs.x)

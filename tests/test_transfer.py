@@ -151,3 +151,25 @@ def test_cli_kekule_features_need_aromatic_bonds(tmp_path):
     result = CliRunner().invoke(app, ["train", "qm9", "--kekule-features", "-o", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "--kekule-features reads aromatic bonds: add --aromatic-bonds" in result.output
+
+
+def test_a_new_distribution_and_room_for_larger_molecules_start_from_the_source(qm9_csv, kekule_checkpoint, tmp_path):
+    dataset, _ = prepare_dataset(qm9_csv, val_fraction=0.1, use_cache=False)
+    other = tmp_path / "other.csv"
+    example_molecules().iloc[300:400].to_frame().to_csv(other, index=False)
+    second, _ = prepare_dataset(other, val_fraction=0.1, use_cache=False)
+    data = TrainingData.combine([second, dataset], ["other", "qm9"], max_atoms=12)
+    assert data.vocab.max_atoms == 12
+    trainer = Trainer(TrainConfig(epochs=1, batch_size=16, model=TINY, val_molecules=8), data, tmp_path / "run")
+    fresh_positions = trainer.model.position.detach().clone()
+    mapped = trainer.initialize_from(kekule_checkpoint.checkpoint_path)
+    assert {"position", "dist.weight"} <= set(mapped)
+    source = kekule_checkpoint.ema
+    position = trainer.model.position.detach()
+    torch.testing.assert_close(position[:9], source.position.detach())  # the source's 9 positions kept
+    torch.testing.assert_close(position[9:], fresh_positions[9:])  # room for more starts fresh
+    dist = trainer.model.dist.weight.detach()
+    # Carried by name: "qm9" is the source's distribution 0; "other" starts from the source's null row.
+    torch.testing.assert_close(dist[1], source.dist.weight[0].detach())
+    torch.testing.assert_close(dist[0], source.dist.weight[1].detach())
+    torch.testing.assert_close(dist[2], source.dist.weight[1].detach())

@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 
 from molgen.cli import common
-from molgen.data import locate_qm9, prepare_dataset
 
 data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -32,6 +31,8 @@ def prepare(
     aromatic_bonds: bool = common.aromatic_bonds_option(),
 ) -> None:
     """Read a molecule source, encode it, cache the tensors; print counts per status and split sizes."""
+    from molgen.data import locate_qm9, prepare_dataset  # torch-geometric loads only for this command
+
     started = time.perf_counter()
     with common.exit_codes():
         if source == "qm9":

@@ -1,11 +1,12 @@
 """``molgen train``: train a DiScoFormer on one or more molecule sets; and the training-set preparation
-that ``distill`` and ``repair`` share with it."""
+that ``distill`` and ``repair`` share with it. Data and training code load inside the commands, so
+that ``molgen generate`` and ``score`` do not pay for torch-geometric at start-up."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -13,17 +14,18 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from molgen.checkpoint import read_checkpoint
 from molgen.cli import common
-from molgen.data import locate_qm9, prepare_dataset
 from molgen.tokenizer import Vocabulary
-from molgen.training.data import TrainingData
-from molgen.training.losses import LossWeights
-from molgen.training.trainer import TrainConfig, Trainer, noise_config
+
+if TYPE_CHECKING:
+    from molgen.training.data import TrainingData
+    from molgen.training.trainer import TrainConfig, Trainer
 
 
 def train(
     ctx: typer.Context,
     data: List[str] = typer.Argument(
-        ..., help="Training sets, each its own distribution: 'qm9' or a molecule file (with --test-idx for its split)."
+        ..., help="Training sets, each its own distribution: 'qm9', a molecule file (named after the file), or "
+        "NAME=FILE."
     ),
     out: Path = typer.Option(Path("runs/discoformer"), "--out", "-o", help="Run folder: checkpoint.pt, metrics.jsonl."),
     qm9_path: Optional[Path] = common.qm9_path_option(),
@@ -61,6 +63,9 @@ def train(
     logsnr_max: float = typer.Option(9.0),
     logsnr_min: float = typer.Option(-9.0),
     val_molecules: int = typer.Option(1000, min=1, help="Held-out molecules for the per-epoch validation ELBO."),
+    max_atoms: Optional[int] = typer.Option(
+        None, min=1, help="Room for molecules of this many heavy atoms (default: the largest in the data), for "
+        "distributions added later or larger samples."),
     workers: int = common.workers_option(2, "Worker processes for data preparation."),
     aromatic_bonds: bool = common.aromatic_bonds_option(),
     init_from: Optional[Path] = typer.Option(
@@ -70,6 +75,9 @@ def train(
     threads: Optional[int] = common.threads_option(),
 ) -> None:
     """Train a DiScoFormer (score + density heads) on one or more molecule sets."""
+    from molgen.training.data import TrainingData
+    from molgen.training.trainer import Trainer
+
     if init_from is not None and resume:
         raise common.fail("--init-from starts a new run; --resume continues one: pass one of them", 2)
     options = dict(ctx.params)
@@ -85,7 +93,7 @@ def train(
     common.compute_on(device, threads)
     config, source = training_config(options)
     datasets, names = training_sets(data, qm9_path, workers, options["aromatic_bonds"])
-    training_data = TrainingData.combine(datasets, names)
+    training_data = TrainingData.combine(datasets, names, options["max_atoms"])
     held_out = len(training_data.indices("val")) or len(training_data.indices("test"))
     if not len(training_data.indices("train")) or not held_out:
         raise common.fail(f"{', '.join(names)}: {len(training_data.indices('train'))} training and {held_out} "
@@ -103,17 +111,23 @@ def train(
 
 def saved_training_options(checkpoint: Path) -> dict:
     """``molgen train``'s options as ``checkpoint`` was trained with them (epochs as last fitted)."""
+    from molgen.training.trainer import TrainConfig
+
     try:
         payload = read_checkpoint(checkpoint)
         options = TrainConfig.from_dict(payload["meta"]["train_config"]).options()
     except (FileNotFoundError, ValueError) as error:
         raise common.fail(f"cannot resume: {error}", 2) from None
-    return {**options, "aromatic_bonds": "aromatic" in payload["vocab"]["bond_types"]}
+    vocab = payload["vocab"]
+    return {**options, "aromatic_bonds": "aromatic" in vocab["bond_types"], "max_atoms": int(vocab["max_atoms"])}
 
 
 def training_config(options: dict) -> tuple[TrainConfig, dict | None]:
     """The run's config from ``molgen train``'s options, and the --init-from checkpoint when given;
     an option that contradicts another is one line and exit code 2."""
+    from molgen.training.losses import LossWeights
+    from molgen.training.trainer import TrainConfig, noise_config
+
     if options["d_model"] % options["n_heads"]:
         raise common.fail(f"--d-model {options['d_model']} must be a multiple of --n-heads {options['n_heads']}", 2)
     if options["kekule_features"] and not options["self_conditioning"]:
@@ -177,16 +191,30 @@ def _fit(trainer: Trainer, names: list[str], out: Path) -> None:
         out_console.print(json.dumps({k: metrics[k] for k in ("val_elbo_nats", "spearman_density_elbo") if k in metrics}))
 
 
+def distribution_source(source: str) -> tuple[str, str]:
+    """(name, path) of a DATA argument: 'qm9', 'NAME=FILE', or a file named after its stem."""
+    if source == "qm9":
+        return "qm9", "qm9"
+    name, separator, path = source.partition("=")
+    if separator and name and path and not Path(source).exists():
+        return name, path
+    path = Path(source)
+    return (Path(path.stem).stem if path.suffix == ".gz" else path.stem), source
+
+
 def training_sets(data: List[str], qm9_path: Optional[Path], workers: int, aromatic_bonds: bool) -> tuple[list, list[str]]:
     """Prepared datasets and distribution names for the DATA arguments of train, distill and repair."""
+    from molgen.data import locate_qm9, prepare_dataset
+
     datasets, names = [], []
     with common.exit_codes():
         for source in data:
-            files = locate_qm9(qm9_path) if source == "qm9" else None
-            path, test_idx = (files.csv, files.test_idx) if files else (Path(source), None)
+            name, path = distribution_source(source)
+            files = locate_qm9(qm9_path) if path == "qm9" else None
+            path, test_idx = (files.csv, files.test_idx) if files else (Path(path), None)
             dataset, _ = prepare_dataset(path, test_idx, workers=workers, aromatic_bonds=aromatic_bonds)
             datasets.append(dataset)
-            names.append(source if source == "qm9" else Path(source).stem)
+            names.append(name)
     return datasets, names
 
 
@@ -196,8 +224,10 @@ def fit_on_training_data(
 ) -> dict:
     """Prepare the training sets ``checkpoint`` was trained on, in its bond vocabulary, and run ``fit``
     on them under a status line (distill, repair)."""
+    from molgen.training.data import TrainingData
+
     with common.exit_codes():
-        aromatic_bonds = Vocabulary.from_dict(read_checkpoint(checkpoint)["vocab"]).aromatic_bonds
-    datasets, names = training_sets(data, qm9_path, workers, aromatic_bonds)
+        vocab = Vocabulary.from_dict(read_checkpoint(checkpoint)["vocab"])
+    datasets, names = training_sets(data, qm9_path, workers, vocab.aromatic_bonds)
     with common.exit_codes(), common.console.status(doing) as status:
-        return fit(TrainingData.combine(datasets, names), status.update)
+        return fit(TrainingData.combine(datasets, names, vocab.max_atoms), status.update)

@@ -16,9 +16,11 @@ AROMATIC_ORDER = BOND_ORDERS["aromatic"]
 def has_perfect_matching(edges: torch.Tensor, nodes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Whether the graphs ``edges`` (M, N, N) bool, restricted to ``nodes`` (M, N) bool, have a perfect
     matching: the Tutte matrix with generic weights (N, N) is non-singular exactly then (with
-    probability 1 over the weights; Lovász 1979). Graphs with no nodes have one. Returns (M,) bool."""
+    probability 1 over the weights; Lovász 1979). Graphs with no nodes have one. Returns (M,) bool.
+    Graphs padded to fewer atoms than ``weights`` has rows use its leading block."""
+    n = edges.shape[-1]
     edges = edges & nodes[:, :, None] & nodes[:, None, :]
-    upper = torch.triu(weights, diagonal=1)
+    upper = torch.triu(weights[:n, :n], diagonal=1)
     tutte = edges.double() * (upper - upper.T) + torch.diag_embed((~nodes).double())
     return torch.linalg.det(tutte).abs() > 1e-9
 

@@ -12,7 +12,8 @@ import torch
 from molgen.data import PreparedDataset
 from molgen.mutants import single_edit_mutants
 from molgen.scoring import encode_smiles
-from molgen.tokenizer import GraphBatch, Vocabulary, batch_from_arrays
+from molgen.pyg import MoleculeGraphs
+from molgen.tokenizer import GraphBatch, Vocabulary
 
 CALIBRATION_QUANTILES = 101  # D at the 0th, 1st, ..., 100th percentile of held-out molecules
 BatchOf = Callable[[np.ndarray], tuple[GraphBatch, torch.Tensor]]
@@ -24,48 +25,43 @@ class TrainingData:
 
     vocab: Vocabulary
     names: list[str]
-    atoms: np.ndarray
-    bonds: np.ndarray
-    sizes: np.ndarray
+    graphs: MoleculeGraphs
     dist: np.ndarray
     split: np.ndarray
     smiles: np.ndarray  # canonical SMILES per molecule
     fingerprints: list[str]
 
     @classmethod
-    def combine(cls, datasets: list[PreparedDataset], names: list[str]) -> "TrainingData":
-        """Union vocabulary (first dataset's order first), atom ids remapped, padded to the largest N."""
+    def combine(cls, datasets: list[PreparedDataset], names: list[str], max_atoms: int | None = None) -> "TrainingData":
+        """One vocabulary over ``datasets`` (the first one's atom types first, ids remapped), with room
+        for ``max_atoms`` heavy atoms or the largest molecule of any of them."""
         atom_types: list = []
         for dataset in datasets:
             atom_types += [key for key in dataset.vocab.atom_types if key not in atom_types]
-        n = max(d.vocab.max_atoms for d in datasets)
+        n = max([d.vocab.max_atoms for d in datasets] + [max_atoms or 0])
         bond_types = {d.vocab.bond_types for d in datasets}
         if len(bond_types) > 1:
             raise ValueError("training sets must all be prepared with the same bond types (--aromatic-bonds or not)")
         vocab = Vocabulary(tuple(atom_types), n, bond_types.pop())
-        parts = {"atoms": [], "bonds": [], "sizes": [], "dist": [], "split": [], "smiles": []}
-        for index, dataset in enumerate(datasets):
-            remap = np.array([vocab.index(key) for key in dataset.vocab.atom_types], dtype=np.int8)
-            k = dataset.vocab.max_atoms
-            atoms = np.zeros((len(dataset), n), dtype=np.int8)
-            atoms[:, :k] = remap[dataset.atoms]
-            bonds = np.zeros((len(dataset), n, n), dtype=np.int8)
-            bonds[:, :k, :k] = dataset.bonds
-            parts["atoms"].append(atoms)
-            parts["bonds"].append(bonds)
-            parts["sizes"].append(dataset.sizes)
-            parts["dist"].append(np.full(len(dataset), index, dtype=np.int64))
-            parts["split"].append(dataset.split)
-            parts["smiles"].append(dataset.smiles)
-        arrays = {key: np.concatenate(value) for key, value in parts.items()}
-        return cls(vocab, names, fingerprints=[d.fingerprint for d in datasets], **arrays)
+        remaps = [np.array([vocab.index(key) for key in dataset.vocab.atom_types], dtype=np.int8) for dataset in datasets]
+        return cls(
+            vocab, names, graphs=MoleculeGraphs.concat([dataset.graphs for dataset in datasets], remaps),
+            dist=np.concatenate([np.full(len(dataset), index, dtype=np.int64) for index, dataset in enumerate(datasets)]),
+            split=np.concatenate([dataset.split for dataset in datasets]),
+            smiles=np.concatenate([dataset.smiles for dataset in datasets]),
+            fingerprints=[dataset.fingerprint for dataset in datasets],
+        )
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.graphs.sizes
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == ("train", "val", "test").index(split))
 
     def batch(self, indices: np.ndarray) -> tuple[GraphBatch, torch.Tensor]:
-        batch = batch_from_arrays(self.atoms[indices], self.bonds[indices], self.sizes[indices])
-        return batch, torch.from_numpy(self.dist[indices])
+        """The molecules at ``indices``, padded to the largest among them, and their distribution ids."""
+        return self.graphs.dense(indices), torch.from_numpy(self.dist[indices])
 
     def size_distributions(self) -> list[list[float]]:
         """p(n) on the training split for each distribution, then for all of them (the null one)."""
@@ -104,12 +100,11 @@ def with_mutants(data: TrainingData, count: int, seed: int) -> tuple[BatchOf, np
     keep = [(row, mutant.smiles) for row, mutant in zip(parents, found) if mutant is not None]
     encoded = encode_smiles([smiles for _, smiles in keep], [None] * len(keep), data.vocab.to_dict())
     chosen = encoded.positions[:count]
-    atoms = np.concatenate([data.atoms, encoded.atoms[:count]])
-    bonds = np.concatenate([data.bonds, encoded.bonds[:count]])
-    sizes = np.concatenate([data.sizes, encoded.sizes[:count]])
+    mutants = MoleculeGraphs.from_dense(encoded.atoms[:count], encoded.bonds[:count], encoded.sizes[:count])
+    graphs = MoleculeGraphs.concat([data.graphs, mutants])
     dist = np.concatenate([data.dist, data.dist[[keep[i][0] for i in chosen]]]).astype(np.int64)
 
     def batch_of(rows: np.ndarray) -> tuple[GraphBatch, torch.Tensor]:
-        return batch_from_arrays(atoms[rows], bonds[rows], sizes[rows]), torch.from_numpy(dist[rows])
+        return graphs.dense(rows), torch.from_numpy(dist[rows])
 
     return batch_of, len(data.sizes) + np.arange(len(chosen))

@@ -219,7 +219,8 @@ class Trainer:
         when the caller has read it already. Returns the mapped tensors."""
         payload = payload if payload is not None else read_checkpoint(path)
         mapped = transfer_weights(
-            self.model, self.data.vocab, payload["ema"], payload["model_config"], Vocabulary.from_dict(payload["vocab"])
+            self.model, self.data.vocab, payload["ema"], payload["model_config"], Vocabulary.from_dict(payload["vocab"]),
+            list(payload["distributions"]), list(self.data.names),
         )
         self.ema.load_state_dict(self.model.state_dict())
         own = float(payload["meta"].get("training_seconds", 0.0))
