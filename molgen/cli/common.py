@@ -114,7 +114,7 @@ def workers_option(default: int = 2, help: str = "Worker processes for RDKit.") 
 
 
 def distribution_option(help: str = "Training distribution to use ('null' = generic).") -> Any:
-    return typer.Option(None, help=help)
+    return typer.Option(None, "--dist", "--distribution", help=f"{help} Default: the checkpoint's first.")
 
 
 def rule_option(default: Sequence[str] = DEFAULT_RULES) -> Any:

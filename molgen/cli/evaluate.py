@@ -33,6 +33,11 @@ def evaluate(
         "the generation figures are their means, each draw listed beside them. One 10,000-sample validity or "
         "uniqueness near 97% moves by 0.17 points from seed to seed."),
     qm9_path: Optional[Path] = common.qm9_path_option(),
+    dist: str = typer.Option(
+        "qm9", "--dist", "--distribution", help="The protocol and the distribution sampled: qm9 (the published QM9 "
+        "tables) or moses (the MOSES benchmark, on the checkpoint's moses distribution)."),
+    moses_path: Optional[Path] = typer.Option(
+        None, help="Folder with MOSES's train.csv.gz and test.csv.gz (default: ../shared/data/moses)."),
     density_molecules: int = typer.Option(1000, min=2, help="Test molecules (and their mutants) for density metrics."),
     elbo_samples: int = typer.Option(
         256, min=2, help="Noise levels per ELBO estimate (the yardstick for Spearman and the NLL bound)."
@@ -41,8 +46,14 @@ def evaluate(
     steps: int = typer.Option(SamplerSettings().steps, min=2, help="Predictor steps, as in `molgen generate`."),
     threads: Optional[int] = common.threads_option(),
 ) -> None:
-    """Generation and density metrics against the QM9 test split, with the kNN-Tanimoto reference."""
+    """Generation and density metrics against the QM9 test split (or MOSES's, --dist moses), with the
+    references measured in the same run."""
     set_threads(threads)
+    if dist == "moses":
+        return _evaluate_moses(output, checkpoint, samples, smiles_column, n, seed, moses_path, density_molecules,
+                               elbo_samples, SamplerSettings(steps=steps, temperature=temperature))
+    if dist != "qm9":
+        raise common.fail(f"--dist {dist!r}: the protocols are qm9 and moses", 2)
     from molgen.evaluation.generation import generation_metrics
     from molgen.evaluation.report import evaluate_discoformer, load_reference_data
 
@@ -71,6 +82,61 @@ def evaluate(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     Console().print(report_table(report), soft_wrap=True)
+
+
+def _evaluate_moses(output: Path, checkpoint: Optional[Path], samples: Optional[Path], smiles_column: Optional[str],
+                    n: int, seed: int, moses_path: Optional[Path], density_molecules: int, elbo_samples: int,
+                    sampler: SamplerSettings) -> None:
+    from molgen.evaluation.moses_report import evaluate_moses, load_moses_reference, locate_moses
+
+    with common.exit_codes():
+        folder = locate_moses(moses_path)
+        loaded = load_model(checkpoint) if samples is None else None
+        if loaded is not None and "moses" not in loaded.distributions:
+            raise ValueError(f"{checkpoint or BUNDLED.name} has no moses distribution (it has "
+                             f"{', '.join(loaded.distributions)}): evaluate a drug-like checkpoint, or --samples FILE")
+        sample_smiles = None
+        if samples is not None:
+            sample_smiles = [s for chunk in read_molecules(samples, smiles_column=smiles_column) for s in chunk.smiles]
+    started = time.perf_counter()
+    with common.console.status("evaluating") as status:
+        data, statistics = load_moses_reference(folder, density_molecules, seed, log=status.update)
+        report = evaluate_moses(loaded, data, statistics, n, seed, elbo_samples, sampler, samples=sample_smiles,
+                                log=status.update)
+    report["checkpoint" if samples is None else "samples_file"] = str(samples or checkpoint or BUNDLED.name)
+    report["settings"] = {"dist": "moses", "n": n, "seed": seed, "density_molecules": density_molecules,
+                          "elbo_samples": elbo_samples}
+    report["molgen_version"] = __version__
+    report["seconds"] = time.perf_counter() - started
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    Console().print(moses_table(report), soft_wrap=True)
+
+
+MOSES_ROWS = [("valid (after correction)", "valid", "percent"), ("valid without correction", "valid_without_correction",
+              "percent"), ("unique@1k", "unique@1000", "percent"), ("unique@10k", "unique@10000", "percent"),
+              ("novelty", "novelty", "percent"), ("filters", "filters", "percent"), ("FCD/Test", "fcd_test", "number"),
+              ("SNN/Test", "snn_test", "number"), ("Frag/Test", "frag_test", "number"),
+              ("Scaf/Test", "scaf_test", "number"), ("IntDiv", "int_div", "number"), ("IntDiv2", "int_div2", "number")]
+
+
+def moses_table(report: dict) -> Table:
+    """The MOSES figures of the samples beside the random-train floor."""
+    table = Table(title="molgen evaluate --dist moses (MOSES test split)")
+    table.add_column("")
+    table.add_column("samples", justify="right")
+    table.add_column("train sample", justify="right")
+    for label, key, kind in MOSES_ROWS:
+        show = _percent if kind == "percent" else _number
+        table.add_row(label, show(report["generation"].get(key)), show(report["reference_train_sample"].get(key)))
+    density = report.get("density")
+    if density:
+        knn = report["reference_knn_tanimoto"]
+        table.add_row("AUROC log_density vs mutants", _number(density["log_density"].get("auroc_vs_mutants")),
+                      f"kNN {_number(knn.get('auroc_vs_mutants'))}")
+        table.add_row("calibration: share below 5th percentile", _percent(density["calibration_test"]["share_below_5th"]), "")
+    table.add_row("time", f"{report['seconds']:.0f} s", "")
+    return table
 
 
 def _percent(value, digits=1):

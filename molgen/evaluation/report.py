@@ -90,16 +90,19 @@ def decoy_aurocs(test: np.ndarray, decoys: dict[str, np.ndarray]) -> dict:
     return out
 
 
-def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: int = 256, seed: int = 0) -> dict:
+def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: int = 256, seed: int = 0,
+                        distribution: str | None = None) -> dict:
     """NLL bound on test molecules, Spearman(D, ELBO) beside the ELBO's own repeatability, decoy
-    AUROCs of D and of the ELBO, and calibration of density percentiles over the whole test split."""
-    exact = Scorer(loaded, exact=True, exact_samples=elbo_samples, seed=seed)
+    AUROCs of D and of the ELBO, and calibration of density percentiles over the whole test split,
+    under ``distribution`` (default: the model's first)."""
+    exact = Scorer(loaded, distribution, exact=True, exact_samples=elbo_samples, seed=seed)
     first = exact.score_smiles(data.density_test)
-    second = Scorer(loaded, exact=True, exact_samples=elbo_samples, seed=seed + 1).score_smiles(data.density_test)
+    second = Scorer(loaded, distribution, exact=True, exact_samples=elbo_samples,
+                    seed=seed + 1).score_smiles(data.density_test)
     nll, second_elbo = -first["elbo_nats"].to_numpy(), second["elbo_nats"].to_numpy()
     scorable = ~np.isnan(nll)  # all of QM9 for a QM9 model; a model of other data may reject some
     mutants = exact.score_smiles(data.mutants)
-    plain = Scorer(loaded)
+    plain = Scorer(loaded, distribution)
     started = time.perf_counter()
     whole_test = plain.score_smiles(data.test)
     scoring_rate = len(data.test) / (time.perf_counter() - started)
