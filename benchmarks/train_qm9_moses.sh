@@ -14,7 +14,7 @@ DATA=${DATA:-../shared/data}
 CARRIED=benchmarks/checkpoints/qm9_moses.pt
 OPTIONS=(qm9 "moses=$DATA/moses/train.csv.gz" --qm9-path "$DATA" --aromatic-bonds --kekule-features
          --max-atoms 32 --epochs 1 --batch-size 128 --lr 5e-4 --bond-repair-share 0.15 --val-molecules 500
-         --checkpoint-minutes 10 --workers 2 -o "$RUN")
+         --size-buckets 64 --checkpoint-minutes 10 --workers 2 -o "$RUN")
 case "${1:-start}" in
   start) exec molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9.pt ;;
   resume) exec molgen train "${OPTIONS[@]}" --resume ;;

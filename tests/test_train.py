@@ -2,6 +2,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import example_molecules
@@ -322,3 +323,19 @@ def test_train_cli_end_to_end(tmp_path):
     example_molecules().iloc[300:400].to_frame().to_csv(other, index=False)
     mismatch = CliRunner().invoke(app, ["distill", str(out / "checkpoint.pt"), "--data", str(other)])
     assert mismatch.exit_code == 2 and "other data" in mismatch.output
+
+
+def test_size_buckets_keep_every_molecule_once_in_batches_of_similar_size(tmp_path):
+    data = qm9_subset(tmp_path, 300)
+    plain = Trainer(TrainConfig(model=TINY, batch_size=16), data, tmp_path / "plain")
+    bucketed = Trainer(TrainConfig(model=TINY, batch_size=16, size_bucket_batches=8), data, tmp_path / "bucketed")
+    for epoch in (0, 1):
+        order = bucketed.epoch_order(epoch)
+        assert sorted(order.tolist()) == sorted(plain.epoch_order(epoch).tolist())
+        assert not np.array_equal(order, bucketed.epoch_order(1 - epoch))  # reshuffled every epoch
+
+    def spread(order):  # mean over full batches of (largest - smallest molecule)
+        sizes = data.sizes[order[: len(order) // 16 * 16]].reshape(-1, 16)
+        return float((sizes.max(1) - sizes.min(1)).mean())
+
+    assert spread(bucketed.epoch_order(0)) < 0.5 * spread(plain.epoch_order(0))

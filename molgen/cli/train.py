@@ -63,6 +63,9 @@ def train(
     logsnr_max: float = typer.Option(9.0),
     logsnr_min: float = typer.Option(-9.0),
     val_molecules: int = typer.Option(1000, min=1, help="Held-out molecules for the per-epoch validation ELBO."),
+    size_buckets: int = typer.Option(
+        0, min=0, help="Cut batches from windows of this many batches sorted by molecule size, then shuffle them: "
+        "less padding when sizes vary (MOSES). 0: plain shuffled batches."),
     max_atoms: Optional[int] = typer.Option(
         None, min=1, help="Room for molecules of this many heavy atoms (default: the largest in the data), for "
         "distributions added later or larger samples."),
@@ -149,6 +152,7 @@ def training_config(options: dict) -> tuple[TrainConfig, dict | None]:
         epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"], seed=options["seed"],
         device=options["device"], max_minutes=options["max_minutes"], schedule_minutes=options["schedule_minutes"],
         checkpoint_minutes=options["checkpoint_minutes"], val_molecules=options["val_molecules"], model=model,
+        size_bucket_batches=options["size_buckets"],
         loss={**LossWeights().to_dict(), "nll": options["nll_weight"], "consistency": options["consistency_weight"],
               "bond_repair_share": options["bond_repair_share"]},
         noise=noise_config(options["logsnr_max"], options["logsnr_min"]),

@@ -48,6 +48,10 @@ class TrainConfig:
     val_molecules: int = 1000
     val_samples: int = 8
     null_distribution_rate: float = 0.1
+    # Batches of similar size: each window of this many batches is sorted by molecule size before it is
+    # cut into batches, whose order is then shuffled. Batches are padded to their largest molecule, and
+    # pair features cost N^2, so on MOSES (9 to 27 atoms) this saves about a third of the compute. 0: off.
+    size_bucket_batches: int = 0
     model: dict = field(default_factory=lambda: {"d_model": 128, "d_pair": 32, "n_layers": 4, "n_heads": 8, "d_ff": 256})
     loss: dict = field(default_factory=lambda: LossWeights().to_dict())
     noise: dict = field(default_factory=lambda: NoiseProcess().to_dict())
@@ -77,6 +81,7 @@ class TrainConfig:
         return {
             **{name: getattr(self, name) for name in ("epochs", "batch_size", "lr", "seed", "checkpoint_minutes",
                                                       "val_molecules")},
+            "size_buckets": self.size_bucket_batches,
             **{name: self.model[name] for name in ("d_model", "n_layers", "n_heads", "d_pair", "self_conditioning",
                                                    "kekule_features") if name in self.model},
             "nll_weight": self.loss["nll"], "consistency_weight": self.loss["consistency"],
@@ -233,7 +238,15 @@ class Trainer:
     # --- training ----------------------------------------------------------------------------
     def epoch_order(self, epoch: int) -> np.ndarray:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        return self.train_rows[torch.randperm(len(self.train_rows), generator=generator).numpy()]
+        order = self.train_rows[torch.randperm(len(self.train_rows), generator=generator).numpy()]
+        window = self.config.size_bucket_batches * self.config.batch_size
+        if not window:
+            return order
+        sizes = self.data.sizes
+        windows = [part[np.argsort(sizes[part], kind="stable")] for part in np.split(order, range(window, len(order), window))]
+        batches = np.split(np.concatenate(windows), range(self.config.batch_size, len(order), self.config.batch_size))
+        shuffled = torch.randperm(len(batches), generator=generator).numpy()
+        return np.concatenate([batches[index] for index in shuffled])
 
     def train_step(self, rows: np.ndarray) -> dict[str, float]:
         batch, dist = self.data.batch(rows)
