@@ -3,8 +3,11 @@
 #
 #   benchmarks/train_qm9_moses.sh start    # warm start from the bundled QM9 model (vocabularies mapped by type)
 #   benchmarks/train_qm9_moses.sh resume   # continue RUN/checkpoint.pt bit for bit (same machine)
-#   benchmarks/train_qm9_moses.sh carry    # a fresh machine: continue from the committed slim checkpoint
+#   benchmarks/train_qm9_moses.sh save     # before a session ends: RUN/checkpoint.pt -> the committed copy
+#   benchmarks/train_qm9_moses.sh carry    # a fresh machine: continue bit for bit from the committed copy
 #
+# The committed copy (benchmarks/checkpoints/qm9_moses.pt) is the training checkpoint less its
+# training-set hashes (recomputed from the data at start): weights, EMA, optimizer, step and RNG.
 # On 2 CPU cores a MOSES epoch takes about 11 hours: the run checkpoints every 10 minutes and goes on
 # across sessions. RUN defaults to runs/qm9_moses; DATA to ../shared/data.
 set -euo pipefail
@@ -18,6 +21,14 @@ OPTIONS=(qm9 "moses=$DATA/moses/train.csv.gz" --qm9-path "$DATA" --aromatic-bond
 case "${1:-start}" in
   start) exec molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9.pt ;;
   resume) exec molgen train "${OPTIONS[@]}" --resume ;;
-  carry) exec molgen train "${OPTIONS[@]}" --init-from "$CARRIED" ;;
-  *) echo "usage: $0 start|resume|carry" >&2; exit 2 ;;
+  save) python - "$RUN/checkpoint.pt" "$CARRIED" <<'PY'
+import sys
+from molgen.checkpoint import read_checkpoint, save_checkpoint
+payload = read_checkpoint(sys.argv[1])
+payload.pop("train_smiles_hashes", None)
+save_checkpoint(payload, sys.argv[2])
+PY
+  ;;
+  carry) mkdir -p "$RUN" && cp "$CARRIED" "$RUN/checkpoint.pt" && exec molgen train "${OPTIONS[@]}" --resume ;;
+  *) echo "usage: $0 start|resume|save|carry" >&2; exit 2 ;;
 esac
