@@ -61,7 +61,8 @@ def sample_molecules(
             sizes = torch.full((count,), options.num_atoms)
         else:
             sizes = torch.multinomial(size_probs, count, replacement=True, generator=size_generator)
-        mask = (torch.arange(n_max)[None, :] < sizes[:, None]).to(device)
+        # Padded to the batch's largest molecule, not the vocabulary's: pair features cost N^2.
+        mask = (torch.arange(int(sizes.max()))[None, :] < sizes[:, None]).to(device)
         dist = torch.full((count,), dist_index, dtype=torch.long, device=device)
         denoiser = model_denoiser(model, mask, dist, loaded.noise)
         result = sample(
