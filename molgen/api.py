@@ -128,14 +128,16 @@ def filter_frame(
     alerts: tuple[str, ...] = (),
     props: tuple[str, ...] = (),
     keep_failed: bool = True,
+    distribution: str | None = None,
 ) -> pd.DataFrame:
     """Density filter plus RDKit checks on a DataFrame: ``passed`` and ``failed_checks`` appended
-    (only the passing rows when ``keep_failed`` is False). ``model`` defaults to the bundled one."""
+    (only the passing rows when ``keep_failed`` is False). ``model`` defaults to the bundled one;
+    ``distribution`` to its first."""
     model = model or load()
     spec = FilterSpec(min_percentile, CheckConfig.from_strings(rules, alerts, props))
     frame, column = _as_frame(molecules, smiles_column)
     produced = [c for c in spec.checks.result_columns if c not in ("status", "reason")] + FILTER_COLUMNS
-    scored = model.score(_without_earlier_results(frame, produced), column)
+    scored = model.score(_without_earlier_results(frame, produced), column, distribution=distribution)
     checks = None
     if rules or alerts or props:
         smiles = [s if isinstance(s, str) and s else None for s in scored[column].tolist()]
