@@ -118,6 +118,13 @@ def upgraded(payload: dict, path: Path) -> dict:
     config nested; a model built with a retired option is refused in one sentence."""
     try:
         if "model_config" in payload:
+            if "bounded" not in payload["model_config"].get("density", {}):
+                # Written before the head was bounded: its calibration quantiles get the same monotone
+                # bound. Percentiles below the top quantile interval do not move (the bundled model's
+                # 99th percentile is -12.4 nats, where the bound shifts D by 4e-6); above it they are
+                # read on the bounded scale.
+                payload["calibration"] = {name: bounded_density(quantiles).tolist()
+                                          for name, quantiles in payload.get("calibration", {}).items()}
             payload["model_config"] = DiScoConfig.from_dict(payload["model_config"]).to_dict()
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: {error}") from None
@@ -125,6 +132,12 @@ def upgraded(payload: dict, path: Path) -> dict:
         if weights in payload:
             payload[weights] = upgrade_state_dict(payload[weights])
     return payload
+
+
+def bounded_density(values) -> np.ndarray:
+    """-softplus(-x), the density head's bound (:class:`molgen.model.config.DensityConfig`), in float64."""
+    values = np.asarray(values, dtype=np.float64)
+    return -np.logaddexp(0.0, -values)
 
 
 @dataclass

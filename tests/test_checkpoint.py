@@ -1,11 +1,14 @@
+import numpy as np
 import pytest
 import torch
+from conftest import example_molecules
 from tiny_model import SMILES
 
 from molgen.checkpoint import BUNDLED, load_model, read_checkpoint, save_checkpoint
 from molgen.likelihood import log_density
 from molgen.model import upgrade_state_dict
 from molgen.noise import NoiseProcess
+from molgen.scoring import density_percentile
 
 
 def test_save_then_load_gives_identical_outputs(tiny, tmp_path):
@@ -38,3 +41,20 @@ def test_the_bundled_checkpoint_loads_through_the_key_migration_with_every_tenso
     assert set(renamed) == set(state)  # load_state_dict was strict: nothing missing, nothing left over
     assert all(torch.equal(renamed[key].float(), state[key]) for key in state)
     assert torch.equal(state["density.members.2.cls.0.weight"], stored["ema"]["density_extra_members.1.0.0.weight"].float())
+
+
+def test_the_density_head_is_a_log_probability_and_percentiles_below_the_top_do_not_move():
+    import molgen
+
+    model = molgen.load()
+    tiny = ["N#N", "O=CC#C", "N#CC=O", "C", "O", "N", "C#C", "C=O"]
+    scored = model.score(tiny + example_molecules().tolist())
+    assert (scored["log_density"] <= 0).all()  # N#CC=O was +5.4 nats before the bound
+    assert scored.loc[2, "log_density"] > scored.loc[0, "log_density"] > -0.2  # the order kept, just below 0
+    generated = model.generate(40, seed=1, steps=20, apply_filters=False)
+    assert (generated["log_density"].dropna() <= 0).all()
+    # Percentiles read against the stored quantiles, bounded the same way: unchanged below the top interval.
+    stored = torch.load(BUNDLED, map_location="cpu", weights_only=True)["calibration"]["qm9"]
+    typical = scored[scored["density_percentile"] < 99]
+    raw = typical["log_density"].to_numpy()  # below -12.4 nats the bound moves D by under 1e-5 nats
+    np.testing.assert_allclose(typical["density_percentile"], density_percentile(raw, stored), atol=1e-3)

@@ -1,11 +1,12 @@
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 from tiny_model import clean_inputs, noisy_inputs
 
 from molgen.likelihood import log_density
-from molgen.model import DensityConfig, DiScoConfig, denoise, upgrade_state_dict
+from molgen.model import DensityConfig, DiScoConfig, DiScoFormer, denoise, upgrade_state_dict
 from molgen.model.density import DENSITY_SCALE
 from molgen.model.layers import PairLayout
 from molgen.noise import tweedie_score
@@ -92,6 +93,13 @@ def test_blocks_on_packed_pairs_equal_the_dense_pair_square(tiny):
             torch.testing.assert_close(layout.unpack(packed), square)
 
 
+def unbounded(model):
+    """``model`` with its density head's sum in nats, before the bound to a log-probability."""
+    copy_ = DiScoFormer(replace(model.config, density=replace(model.config.density, bounded=False)))
+    copy_.load_state_dict(model.state_dict())
+    return copy_.eval()
+
+
 def test_density_atom_terms_start_at_zero_and_sum_over_real_atoms_only(tiny):
     vocab, batch, model = tiny
     inputs, _ = clean_inputs(batch, vocab)
@@ -99,6 +107,7 @@ def test_density_atom_terms_start_at_zero_and_sum_over_real_atoms_only(tiny):
     def density(of):
         return of(*inputs).density
 
+    model = unbounded(model)
     upgraded = with_atom_terms(model).eval()
     assert upgraded.config.density.atom_terms and not model.config.density.atom_terms
     with torch.no_grad():
@@ -113,7 +122,7 @@ def test_density_atom_terms_start_at_zero_and_sum_over_real_atoms_only(tiny):
 def test_a_density_member_is_added_with_every_weight_kept_and_d_is_the_members_mean(tiny):
     vocab, batch, model = tiny
     inputs, _ = clean_inputs(batch, vocab)
-    base = with_atom_terms(model).eval()
+    base = with_atom_terms(unbounded(model)).eval()
     grown = base.with_density_members(1).eval()
     assert grown.config.density.members == 2 and base.config.density.members == 1
     with torch.no_grad():
@@ -126,6 +135,10 @@ def test_a_density_member_is_added_with_every_weight_kept_and_d_is_the_members_m
     own, old = {id(p) for p in grown.density.parameters_of([1])}, {id(p) for p in grown.density.parameters_of([0])}
     assert own and old and own.isdisjoint(old)
     assert {id(p) for p in grown.density.parameters_of()} == own | old
+    bounded = DiScoFormer(replace(grown.config, density=replace(grown.config.density, bounded=True)))
+    bounded.load_state_dict(grown.state_dict())
+    with torch.no_grad():  # the bounded head: the same mean, then -softplus(-x), never above 0
+        torch.testing.assert_close(bounded.eval()(*inputs).density, -torch.nn.functional.softplus(-output.density))
 
 
 def test_kekule_features_need_an_aromatic_bond_vocabulary(tiny):

@@ -17,6 +17,11 @@ class DensityConfig:
     # are fit by distillation on fresh ELBO targets, each from its own start, so their errors partly
     # cancel (molgen distill --add-members).
     members: int = 1
+    # D passes through -softplus(-D): a log-probability, never above 0 nats, and unchanged where the
+    # data lies (-softplus(-x) = x - log(1 + e^x), within 1e-6 nats of x below -14). The head's
+    # extrapolations to molecules rarer than its distillation targets (N#N at +2 nats) end just
+    # below 0, in the same order.
+    bounded: bool = True
 
 
 @dataclass

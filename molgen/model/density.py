@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from molgen.model.config import DensityConfig
@@ -37,6 +38,7 @@ class DensityHead(nn.Module):
     def __init__(self, d: int, config: DensityConfig):
         super().__init__()
         self.members = nn.ModuleList(DensityMember(d, config.atom_terms) for _ in range(config.members))
+        self.bounded = config.bounded
         # Running mean of the density targets (nats), kept by the trainer: the head then learns
         # differences between molecules (tens of nats) instead of chasing a level that falls from
         # thousands of nats to tens while the score head trains.
@@ -54,7 +56,8 @@ class DensityHead(nn.Module):
             raw = raw + member.cls(final_states[:, 1]).squeeze(-1)
             if member.atoms is not None:
                 raw = raw + (member.atoms(final_states[:, 2:]).squeeze(-1) * mask).sum(1)
-        return raw / len(chosen) * DENSITY_SCALE + self.offset
+        value = raw / len(chosen) * DENSITY_SCALE + self.offset
+        return -F.softplus(-value) if self.bounded else value
 
     def parameters_of(self, members: Sequence[int] | None = None) -> list[nn.Parameter]:
         """The parameters of every member, or of ``members``, per-atom terms included."""
