@@ -94,3 +94,17 @@ def mean_with_stderr(values: np.ndarray, per_item_stderr: np.ndarray | None = No
     if per_item_stderr is not None:
         out["monte_carlo_stderr"] = float(np.sqrt((np.asarray(per_item_stderr) ** 2).sum()) / len(values))
     return out
+
+
+def agreement_by_group(scores: np.ndarray, targets: np.ndarray, groups: np.ndarray, min_count: int = 30) -> list[dict]:
+    """Per group (e.g. heavy-atom count) with at least ``min_count`` members: how many, Spearman of
+    ``scores`` with ``targets``, and their mean absolute difference (both in the same units)."""
+    out = []
+    for group in np.unique(groups):
+        chosen = groups == group
+        if chosen.sum() < min_count:
+            continue
+        out.append({"group": int(group), "count": int(chosen.sum()), "spearman": spearman(scores[chosen], targets[chosen]),
+                    "mean_absolute_difference": float(np.abs(scores[chosen] - targets[chosen]).mean())})
+    return out
+

@@ -221,6 +221,10 @@ def test_cli_evaluate_writes_a_complete_report_for_a_checkpoint(tiny_checkpoint,
     interval = density["spearman_density_elbo_corrected_interval"]
     assert interval is None or -1 <= interval[0] <= interval[1] <= 1
     assert "95% bootstrap interval over molecules" in result.output
+    highest = density["highest_test"]
+    assert len(highest) == 10 and all(row["log_density"] <= 0 for row in highest)
+    assert [row["log_density"] for row in highest] == sorted((row["log_density"] for row in highest), reverse=True)
+    assert all(row["count"] >= 30 for row in density["by_heavy_atoms"])  # 20 molecules: no size has enough
     assert report["generation"]["sampler"]["temperature"] == 1.0 and report["generation"]["sampler"]["steps"] == 12
     assert "Spearman(D, ELBO)" in result.output and "FCD vs test" in result.output
 
@@ -243,3 +247,16 @@ def test_cli_evaluate_reports_a_missing_samples_file_cleanly(tmp_path):
                                       "-o", str(tmp_path / "r.json")])
     assert result.exit_code == 2
     assert "does not exist" in result.output and "Traceback" not in result.output
+
+
+def test_agreement_by_group_reports_each_large_enough_group():
+    from molgen.stats import agreement_by_group
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([3, 5, 9], [40, 10, 60])
+    targets = rng.normal(size=110)
+    scores = np.where(groups == 9, -targets, targets + 1.0)  # size 9 ranked backwards, the others shifted by 1
+    rows = agreement_by_group(scores, targets, groups, min_count=30)
+    assert [row["group"] for row in rows] == [3, 9] and [row["count"] for row in rows] == [40, 60]
+    assert rows[0]["spearman"] == pytest.approx(1.0) and rows[0]["mean_absolute_difference"] == pytest.approx(1.0)
+    assert rows[1]["spearman"] == pytest.approx(-1.0)

@@ -199,6 +199,14 @@ def report_table(report: dict) -> Table:
             ("calibration: share below 5th percentile", _percent(density["calibration_test"]["share_below_5th"])),
             ("calibration: KS distance to uniform", _number(density["calibration_test"]["ks_distance"])),
         ]
+        by_size = density.get("by_heavy_atoms") or []
+        if by_size:
+            weakest = min(by_size, key=lambda row: row["spearman"])
+            rows.append(("Spearman(D, ELBO), weakest size", f"{_number(weakest['spearman'])} ({weakest['group']} atoms, "
+                                                            f"{weakest['count']} molecules)"))
+        if density.get("highest_test"):
+            top = density["highest_test"][0]
+            rows.append(("highest log_density, test", f"{top['log_density']:.2f} ({top['smiles']})"))
     rows.append(("time", f"{report['seconds']:.0f} s"))
     for label, value in rows:
         table.add_row(label, value)

@@ -16,7 +16,9 @@ from molgen.baselines.knn import TanimotoKNN
 from molgen.checkpoint import BUNDLED, LoadedModel, ModelCard
 from molgen.data import locate_qm9, prepare_dataset
 from molgen.mutants import single_edit_mutants
+from molgen.chemistry import parse_smiles
 from molgen.stats import (
+    agreement_by_group,
     auroc,
     calibration,
     mean_with_stderr,
@@ -127,8 +129,23 @@ def discoformer_density(loaded: LoadedModel, data: ReferenceData, elbo_samples: 
         "log_density": decoy_aurocs(density, decoy_density),
         "elbo_auroc_vs_mutants": auroc(_rejected_lowest(-nll), _rejected_lowest(mutants["elbo_nats"].to_numpy())),
         "calibration_test": calibration(whole_test["density_percentile"].to_numpy()),
+        # Where the head agrees with the ELBO, size by size, and what it puts highest.
+        "by_heavy_atoms": agreement_by_group(density[scorable], -nll[scorable],
+                                             np.array([heavy_atoms(s) for s in data.density_test])[scorable]),
+        "highest_test": highest(data.test, whole_test["log_density"].to_numpy()),
         "scoring_molecules_per_second_in_process": scoring_rate,
     }
+
+
+def heavy_atoms(smiles: str) -> int:
+    mol = parse_smiles(smiles)
+    return mol.GetNumHeavyAtoms() if mol is not None else 0
+
+
+def highest(smiles: list[str], log_density: np.ndarray, count: int = 10) -> list[dict]:
+    """The ``count`` molecules with the highest ``log_density``, highest first."""
+    order = np.argsort(-np.nan_to_num(log_density, nan=-np.inf), kind="stable")[:count]
+    return [{"smiles": smiles[i], "log_density": float(log_density[i])} for i in order]
 
 
 def knn_reference(data: ReferenceData, k: int = 5) -> dict:
