@@ -67,6 +67,22 @@ def fcd(smiles_a: list[str], smiles_b: list[str]) -> float:
     return float(get_fcd(smiles_a, smiles_b, load_ref_model()))
 
 
+def chemnet_statistics(smiles: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of ChemNet's penultimate activations over ``smiles`` (FCD's inputs)."""
+    from fcd import get_predictions, load_ref_model
+
+    activations = get_predictions(load_ref_model(), smiles)
+    return activations.mean(0), np.cov(activations.T)
+
+
+def frechet_distance(smiles: list[str], reference_mean: np.ndarray, reference_covariance: np.ndarray) -> float:
+    from fcd import calculate_frechet_distance
+
+    mean, covariance = chemnet_statistics(smiles)
+    return float(calculate_frechet_distance(mu1=mean, sigma1=covariance, mu2=reference_mean,
+                                            sigma2=reference_covariance))
+
+
 def morgan_fingerprints(mols: list[Chem.Mol], radius: int = 2, bits: int = 1024) -> list:
     generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits)
     return [generator.GetFingerprint(mol) for mol in mols]

@@ -28,7 +28,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
-from molgen.evaluation.generation import canonicalize, morgan_fingerprints
+from molgen.evaluation.generation import canonicalize, chemnet_statistics, frechet_distance, morgan_fingerprints
 
 FILTERS_DIR = Path(__file__).resolve().parent / "data"
 ALLOWED_ELEMENTS = {"C", "N", "S", "O", "F", "Cl", "Br", "H"}
@@ -118,22 +118,6 @@ def tanimoto_aggregate(reference: np.ndarray, generated: np.ndarray, aggregate: 
     if aggregate == "mean":
         result = (result / len(reference)) ** (1 / power)
     return result
-
-
-def chemnet_statistics(smiles: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of ChemNet's penultimate activations over ``smiles`` (FCD's inputs)."""
-    from fcd import get_predictions, load_ref_model
-
-    activations = get_predictions(load_ref_model(), smiles)
-    return activations.mean(0), np.cov(activations.T)
-
-
-def frechet_distance(smiles: list[str], reference_mean: np.ndarray, reference_covariance: np.ndarray) -> float:
-    from fcd import calculate_frechet_distance
-
-    mean, covariance = chemnet_statistics(smiles)
-    return float(calculate_frechet_distance(mu1=mean, sigma1=covariance, mu2=reference_mean,
-                                            sigma2=reference_covariance))
 
 
 @dataclass
