@@ -41,8 +41,7 @@ class EncodedChunk:
 def encode_smiles(smiles: list[str | None], read_errors: list[str | None], vocab_dict: dict) -> EncodedChunk:
     """Parse and encode one chunk; picklable arguments so it can run in a worker process."""
     vocab = Vocabulary.from_dict(vocab_dict)
-    n = vocab.max_atoms
-    status, reason, positions, atom_rows, bond_rows, sizes = [], [], [], [], [], []
+    status, reason, molecules = [], [], []
     for position, (text, read_error) in enumerate(zip(smiles, read_errors)):
         if read_error:
             status.append("invalid_molecule")
@@ -59,22 +58,23 @@ def encode_smiles(smiles: list[str | None], read_errors: list[str | None], vocab
             status.append("out_of_domain")
             reason.append(str(error))
             continue
-        k = tokens.num_atoms
-        atoms = np.zeros(n, dtype=np.int8)
-        atoms[:k] = tokens.atoms
-        bonds = np.zeros((n, n), dtype=np.int8)
-        bonds[:k, :k] = tokens.bonds
         status.append("ok")
         reason.append("")
-        positions.append(position)
-        atom_rows.append(atoms)
-        bond_rows.append(bonds)
-        sizes.append(k)
-    return EncodedChunk(
-        status, reason, np.array(positions, dtype=np.int64),
-        np.array(atom_rows, dtype=np.int8).reshape(-1, n), np.array(bond_rows, dtype=np.int8).reshape(-1, n, n),
-        np.array(sizes, dtype=np.int8),
-    )
+        molecules.append((position, tokens.atoms, tokens.bonds))
+    return _encoded_chunk(status, reason, molecules, vocab.max_atoms)
+
+
+def _encoded_chunk(status: list[str], reason: list[str], molecules: list[tuple[int, np.ndarray, np.ndarray]],
+                   n: int) -> EncodedChunk:
+    """The chunk of ``molecules`` (row, atom ids (k,), bond ids (k, k)), padded to ``n`` atoms."""
+    atoms = np.zeros((len(molecules), n), dtype=np.int8)
+    bonds = np.zeros((len(molecules), n, n), dtype=np.int8)
+    sizes = np.zeros(len(molecules), dtype=np.int8)
+    for row, (_, atom_ids, bond_ids) in enumerate(molecules):
+        k = len(atom_ids)
+        atoms[row, :k], bonds[row, :k, :k], sizes[row] = atom_ids, bond_ids, k
+    positions = np.array([position for position, _, _ in molecules], dtype=np.int64)
+    return EncodedChunk(status, reason, positions, atoms, bonds, sizes)
 
 
 def encode_graphs(graphs: list, vocab: Vocabulary) -> EncodedChunk:
@@ -82,8 +82,7 @@ def encode_graphs(graphs: list, vocab: Vocabulary) -> EncodedChunk:
     makes them) the way :func:`encode_smiles` encodes SMILES: a graph that carries a ``status`` other
     than ok keeps it, and one that does not fit the vocabulary or is not a molecular graph (a bond one
     way only, a bond to itself) gets ``invalid_molecule`` and why."""
-    n = vocab.max_atoms
-    status, reason, positions, atom_rows, bond_rows, sizes = [], [], [], [], [], []
+    status, reason, molecules = [], [], []
     for position, graph in enumerate(graphs):
         given = getattr(graph, "status", "ok")
         if given != "ok":  # a row molgen.to_pyg could not encode keeps its status and reason
@@ -96,22 +95,13 @@ def encode_graphs(graphs: list, vocab: Vocabulary) -> EncodedChunk:
             reason.append(problem)
             continue
         k = int(graph.num_nodes)
-        atoms = np.zeros(n, dtype=np.int8)
-        atoms[:k] = graph.x.numpy()
-        bonds = np.zeros((n, n), dtype=np.int8)
+        bonds = np.zeros((k, k), dtype=np.int8)
         first, second = graph.edge_index.numpy()
         bonds[first, second] = graph.edge_attr.numpy()
         status.append("ok")
         reason.append("")
-        positions.append(position)
-        atom_rows.append(atoms)
-        bond_rows.append(bonds)
-        sizes.append(k)
-    return EncodedChunk(
-        status, reason, np.array(positions, dtype=np.int64),
-        np.array(atom_rows, dtype=np.int8).reshape(-1, n), np.array(bond_rows, dtype=np.int8).reshape(-1, n, n),
-        np.array(sizes, dtype=np.int8),
-    )
+        molecules.append((position, graph.x.numpy(), bonds))
+    return _encoded_chunk(status, reason, molecules, vocab.max_atoms)
 
 
 def _graph_problem(graph, vocab: Vocabulary) -> str | None:
