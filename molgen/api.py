@@ -47,6 +47,7 @@ class Model:
         mala: bool = False,
         temperature: float = 1.0,
         min_percentile: float | None = None,
+        match_profile: bool = True,
         apply_filters: bool = True,
         props: tuple[str, ...] = (),
         rules: tuple[str, ...] = DEFAULT_RULES,
@@ -60,8 +61,8 @@ class Model:
             n=n, seed=seed, batch_size=batch_size, device=self.device,
             sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,
                                     temperature=temperature),
-            distribution=distribution, num_atoms=num_atoms, apply_filters=apply_filters,
-            checks=CheckConfig.from_strings(rules, alerts, props),
+            distribution=distribution, num_atoms=num_atoms, match_profile=match_profile,
+            apply_filters=apply_filters, checks=CheckConfig.from_strings(rules, alerts, props),
         )
         if min_percentile is not None:
             options = replace(options, min_percentile=min_percentile)

@@ -2,8 +2,10 @@
 
 sample -> decode_raw (``raw_valid``) and decode_constrained -> canonical SMILES -> duplicates marked
 -> ``log_density`` from the density head -> ``density_percentile`` against the checkpoint's
-calibration quantiles -> density filter -> RDKit checks and windows -> ranked table, one row per
-sample, each with why it passed or failed.
+calibration quantiles -> density filter (a floor, and the unique samples thinned where they outnumber
+the data's density profile: ``thinned``) -> RDKit checks and windows -> ranked table, one row per
+sample, each with why it passed or failed. ``rank`` sorts the molecules that passed by
+``log_density``, most probable first.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from molgen.decode import decode_constrained, decode_raw
 from molgen.novelty import is_novel
 from molgen.model import model_denoiser
 from molgen.sampler import SamplerSettings, sample
-from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer, distribution_index, passes_density
+from molgen.scoring import Scorer, distribution_index, passes_density, thin_to_data_profile
+
+# generate's floor under the profile rule: the lowest half percent of held-out molecules' density, where
+# failed samples gather (on 3 x 10,000 QM9 samples it removes about 1.3% of them).
+GENERATE_MIN_PERCENTILE = 0.5
 
 
 @dataclass
@@ -32,7 +38,8 @@ class GenerateOptions:
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     distribution: str | None = None  # a training distribution's name; None: the first one
     num_atoms: int | None = None  # fixed size; None: drawn from the distribution's size histogram
-    min_percentile: float = DEFAULT_MIN_PERCENTILE
+    min_percentile: float = GENERATE_MIN_PERCENTILE
+    match_profile: bool = True  # thin the samples where they outnumber the data's density profile
     apply_filters: bool = True
     checks: CheckConfig = field(default_factory=CheckConfig)
     device: str = "cpu"
@@ -103,7 +110,11 @@ def generate(
     scores = Scorer(loaded, options.distribution, options.device).score_smiles(frame["smiles"].tolist(), frame.index)
     frame["log_density"] = scores["log_density"]
     frame["density_percentile"] = scores["density_percentile"]
-    frame["passed_density"] = passes_density(frame["density_percentile"], options.min_percentile)
+    frame["thinned"] = False
+    if options.match_profile:
+        unique = frame["unique"].to_numpy()
+        frame.loc[unique, "thinned"] = ~thin_to_data_profile(frame.loc[unique, "density_percentile"], options.seed)
+    frame["passed_density"] = passes_density(frame["density_percentile"], options.min_percentile) & ~frame["thinned"]
     checks = run_checks(frame["smiles"].tolist(), options.checks, index=frame.index)
     frame["passed_checks"] = checks["passed_checks"]
     frame["failed_checks"] = checks["failed_checks"]
@@ -120,6 +131,7 @@ def generate(
         "raw_valid": int(frame["raw_valid"].sum()),
         "unique": int(frame["unique"].sum()),
         "novel": int(frame["novel"].sum()) if frame["novel"].notna().all() else None,
+        "thinned": int(frame["thinned"].sum()),
         "passed_density": int((frame["unique"] & frame["passed_density"]).sum()),
         "passed_checks": int((frame["unique"] & frame["passed_checks"]).sum()),
         "passed_both": int((frame["unique"] & frame["passed_density"] & frame["passed_checks"]).sum()),

@@ -22,6 +22,11 @@ SCORE_COLUMNS = ["log_density", "density_percentile", "status", "reason"]
 # Molecules below the 5th percentile of held-out molecules' density are rejected by default: a real
 # molecule of the training distribution is rejected 5% of the time, the usual significance level.
 DEFAULT_MIN_PERCENTILE = 5.0
+# generate's density filter (thin_to_data_profile): equal percentile bins of the held-out molecules,
+# thinned from the data's median up, with this many pseudo-samples per bin in the samples' shares.
+PROFILE_BINS = 20
+PROFILE_ABOVE = 50.0
+PROFILE_PRIOR = 10.0
 EXACT_COLUMNS = ["elbo_nats", "elbo_stderr"]
 PAIR_BUDGET = 1024 * 9 * 9  # atom pairs per model call (about 120 MOSES molecules): the fastest on a 2-core CPU
 
@@ -136,6 +141,33 @@ def passes_density(percentile, min_percentile: float) -> np.ndarray:
     ``min_percentile``. A missing percentile (a checkpoint without calibration, a row not scored)
     fails every threshold above 0 and passes 0, which asks for no density filter."""
     return (min_percentile <= 0) | (np.asarray(percentile, dtype=np.float64) >= min_percentile)
+
+
+def thin_to_data_profile(percentile, seed: int, above: float = PROFILE_ABOVE, bins: int = PROFILE_BINS,
+                         prior: float = PROFILE_PRIOR) -> np.ndarray:
+    """Which samples the density-profile rule of ``generate`` keeps (a boolean per sample).
+
+    The held-out molecules' percentiles are uniform by construction, so each of ``bins`` equal
+    percentile bins holds 1/bins of the data. A bin at or above the ``above`` percentile that holds a
+    larger share q of the samples keeps each of its samples with probability (1/bins)/q (rejection
+    sampling towards the data's profile; a seeded draw, so the same seed keeps the same rows). The
+    samples' shares are estimated from the samples themselves with ``prior`` pseudo-samples per bin at
+    the data's share: in a run of a few hundred a bin's count is mostly noise, and the rule then thins
+    little. Missing percentiles (no calibration) are kept. Why only the upper half: the sampler is
+    sharper than the data and over-produces typical and memorised molecules there, and thinning them
+    brings the kept set closer to the data; the lowest bin is over-filled too (failed samples), but it
+    is also where the data's rare molecules lie, and thinning it moved the kept set away from the data
+    (docs/notes/density-filter.md).
+    """
+    percentile = np.asarray(percentile, dtype=np.float64)
+    scored = ~np.isnan(percentile)
+    which = np.clip((np.nan_to_num(percentile) * bins / 100.0).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(which[scored], minlength=bins)
+    share = (counts + prior) / (counts.sum() + prior * bins)
+    keep_probability = np.minimum(1.0, (1.0 / bins) / share)
+    keep_probability[np.arange(bins) * 100.0 / bins < above] = 1.0
+    draws = np.random.default_rng(seed).random(len(percentile))
+    return ~scored | (draws < keep_probability[which])
 
 
 def density_percentile(values: np.ndarray, quantiles: list[float]) -> np.ndarray:

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 from rdkit import Chem
@@ -10,7 +11,7 @@ from molgen.chemistry import fragment_count
 from molgen.cli import app
 from molgen.pipeline import GenerateOptions, generate
 from molgen.sampler import SamplerSettings
-from molgen.scoring import density_percentile
+from molgen.scoring import density_percentile, thin_to_data_profile
 
 COLUMNS = ["smiles", "raw_valid", "unique", "novel", "log_density", "density_percentile", "passed_density",
            "passed_checks", "failed_checks", "mw", "qed", "sa_score", "rank"]
@@ -146,3 +147,40 @@ def test_export_carries_evaluation_figures_into_the_card(tiny_checkpoint, tmp_pa
     bad = CliRunner().invoke(app, ["export", str(tiny_checkpoint), "-o", str(slim),
                                    "--evaluation", str(tmp_path / "partial.json")])
     assert bad.exit_code == 2 and "KeyError" in bad.output
+
+
+def test_profile_rule_thins_over_filled_upper_bins_to_the_data_share_and_nothing_else():
+    rng = np.random.default_rng(0)
+    # 20,000 samples: the data's profile (uniform percentiles), plus an extra 3,000 in the top bin and
+    # 3,000 in the lowest; the upper bins' excess is thinned, the lower half is left alone.
+    percentile = np.concatenate([rng.uniform(0, 100, 14_000), rng.uniform(95, 100, 3_000), rng.uniform(0, 5, 3_000)])
+    keep = thin_to_data_profile(percentile, seed=1)
+    kept_per_bin = np.bincount((percentile[keep] // 5).astype(int), minlength=20)
+    assert keep[percentile < 50].all()  # the lower half, the over-filled lowest bin included
+    # The top bin keeps about its data share of all samples (1/20 of 20,000) instead of 3,700.
+    assert abs(kept_per_bin[19] - 1000) < 100
+    assert (kept_per_bin[10:19] == np.bincount((percentile // 5).astype(int), minlength=20)[10:19]).all()
+    assert thin_to_data_profile(percentile, seed=1).tolist() == keep.tolist()  # seeded
+    assert thin_to_data_profile(percentile, seed=2).tolist() != keep.tolist()
+
+
+def test_profile_rule_keeps_a_sampler_that_matches_the_data_small_runs_and_unscored_rows():
+    rng = np.random.default_rng(0)
+    matched = rng.uniform(0, 100, 20_000)
+    assert thin_to_data_profile(matched, seed=0).mean() > 0.98
+    # Twenty samples all in the top bin: without the prior the rule would keep 1 in 20; with 10
+    # pseudo-samples per bin its estimate of the bin's share is 30/220, and it keeps about 37%.
+    assert thin_to_data_profile(np.full(2000, 97.0), seed=0).mean() < 0.1
+    assert 0.2 < thin_to_data_profile(np.full(20, 97.0), seed=0).mean() < 0.6
+    keep = thin_to_data_profile(np.array([np.nan, 99.0, np.nan]), seed=0)
+    assert keep[0] and keep[2]
+
+
+def test_generate_marks_thinned_rows_and_can_turn_the_rule_off(tiny_checkpoint):
+    model = molgen.load(tiny_checkpoint)
+    frame = model.generate(60, seed=2, steps=8)
+    assert frame["thinned"].dtype == bool and not (frame["thinned"] & ~frame["unique"]).any()
+    assert not (frame["thinned"] & frame["passed_density"]).any()
+    assert model.last_stats["thinned"] == int(frame["thinned"].sum())
+    plain = model.generate(60, seed=2, steps=8, match_profile=False)
+    assert not plain["thinned"].any()

@@ -16,14 +16,14 @@ from rich.table import Table
 from molgen.checkpoint import load_model
 from molgen.cli import common
 from molgen.io import TableWriter
-from molgen.pipeline import GenerateOptions
+from molgen.pipeline import GENERATE_MIN_PERCENTILE, GenerateOptions
 from molgen.pipeline import generate as run_generate
 from molgen.sampler import SamplerSettings
-from molgen.scoring import DEFAULT_MIN_PERCENTILE
 
 # Rows of the summary table: label, key of the run's statistics.
 SUMMARY_ROWS = [("proposed", "proposed"), ("valid without correction", "raw_valid"), ("unique", "unique"),
-                ("novel", "novel"), ("passed density", "passed_density"), ("passed checks", "passed_checks"),
+                ("novel", "novel"),
+                ("thinned to the data's density profile", "thinned"), ("passed density", "passed_density"), ("passed checks", "passed_checks"),
                 ("passed density and checks", "passed_both")]
 
 
@@ -46,9 +46,13 @@ def generate(
     distribution: Optional[str] = common.distribution_option("Training distribution to sample ('null' = generic)."),
     num_atoms: Optional[int] = typer.Option(None, min=1, help="Fixed heavy-atom count (default: sampled)."),
     min_percentile: float = typer.Option(
-        DEFAULT_MIN_PERCENTILE, min=0.0, max=100.0,
-        help="Reject samples whose density is below this percentile of held-out molecules (0: no density filter; "
-        "a checkpoint without calibration fails every threshold above 0).",
+        GENERATE_MIN_PERCENTILE, min=0.0, max=100.0,
+        help="Reject samples whose density is below this percentile of held-out molecules (0: no floor; a "
+        "checkpoint without calibration fails every floor above 0).",
+    ),
+    match_profile: bool = typer.Option(
+        True, help="Thin the samples where they outnumber the held-out molecules' density profile (above its "
+        "median, where the sampler over-produces typical and memorised molecules); the rows say 'thinned'.",
     ),
     no_filter: bool = typer.Option(False, "--no-filter", help="Rank every unique sample; filters only reported."),
     prop: List[str] = common.prop_option("qed>=0.4"),
@@ -69,7 +73,7 @@ def generate(
         n=n, seed=seed, batch_size=batch_size, device=device, distribution=distribution, num_atoms=num_atoms,
         sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,
                                 temperature=temperature),
-        min_percentile=min_percentile, apply_filters=not no_filter, checks=checks,
+        min_percentile=min_percentile, match_profile=match_profile, apply_filters=not no_filter, checks=checks,
     )
     started = time.perf_counter()
     with common.exit_codes(), Progress(
