@@ -26,7 +26,8 @@ import torch
 from _common import median_rate, qm9_split, write_results
 
 from molgen.checkpoint import load_model
-from molgen.evaluation.generation import canonicalize
+from molgen.evaluation.generation import (activation_statistics, canonicalize, chemnet_activations,
+                                          frechet_distance_of_statistics)
 from molgen.pipeline import GENERATE_MIN_PERCENTILE, GenerateOptions, generate, sample_molecules
 from molgen.scoring import DEFAULT_MIN_PERCENTILE, Scorer
 
@@ -59,9 +60,9 @@ def main() -> None:
     # ChemNet activations of each molecule once; every set's statistics come from its rows of them.
     test_activations = activations(test)
     references = {
-        "test": statistics(test_activations),
-        "test_above_the_floor": statistics(test_activations[test_percentile >= GENERATE_MIN_PERCENTILE]),
-        "test_above_p5": statistics(test_activations[test_percentile >= DEFAULT_MIN_PERCENTILE]),
+        "test": activation_statistics(test_activations),
+        "test_above_the_floor": activation_statistics(test_activations[test_percentile >= GENERATE_MIN_PERCENTILE]),
+        "test_above_p5": activation_statistics(test_activations[test_percentile >= DEFAULT_MIN_PERCENTILE]),
     }
     draws = [filter_effect(loaded, args.n, args.seed + 1 + k, train, references, edges) for k in range(args.seeds)]
     payload = {
@@ -111,25 +112,15 @@ def _show(value) -> str:
 
 
 def activations(smiles: list[str]) -> np.ndarray:
-    """ChemNet's penultimate activations of each molecule, read as RDKit canonical SMILES (the
-    published FCD protocol: ChemNet reads the string); every input must be valid."""
-    from fcd import get_predictions, load_ref_model
-
+    """ChemNet activations of each molecule, read as RDKit canonical SMILES (the published FCD
+    protocol: ChemNet reads the string); every input must be valid."""
     canonical = canonicalize(smiles)
     assert all(s is not None for s in canonical)
-    return get_predictions(load_ref_model(), canonical)
-
-
-def statistics(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return rows.mean(0), np.cov(rows.T)
+    return chemnet_activations(canonical)
 
 
 def distance(rows: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> float | None:
-    from fcd import calculate_frechet_distance
-
-    if len(rows) < 2:
-        return None
-    return float(calculate_frechet_distance(*statistics(rows), *reference))
+    return frechet_distance_of_statistics(activation_statistics(rows), reference) if len(rows) > 1 else None
 
 
 def filter_effect(loaded, n: int, seed: int, train: pd.Series, references: dict, edges: np.ndarray) -> dict:

@@ -22,8 +22,8 @@ from molgen.sampler import SamplerSettings
 
 # Rows of the summary table: label, key of the run's statistics.
 SUMMARY_ROWS = [("proposed", "proposed"), ("valid without correction", "raw_valid"), ("unique", "unique"),
-                ("novel", "novel"),
-                ("thinned to the data's density profile", "thinned"), ("passed density", "passed_density"), ("passed checks", "passed_checks"),
+                ("novel", "novel"), ("thinned to the data's density profile", "thinned"),
+                ("passed density", "passed_density"), ("passed checks", "passed_checks"),
                 ("passed density and checks", "passed_both")]
 
 

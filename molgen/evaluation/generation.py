@@ -67,20 +67,32 @@ def fcd(smiles_a: list[str], smiles_b: list[str]) -> float:
     return float(get_fcd(smiles_a, smiles_b, load_ref_model()))
 
 
-def chemnet_statistics(smiles: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of ChemNet's penultimate activations over ``smiles`` (FCD's inputs)."""
+def chemnet_activations(smiles: list[str]) -> np.ndarray:
+    """ChemNet's penultimate activations, one row per SMILES (what FCD compares)."""
     from fcd import get_predictions, load_ref_model
 
-    activations = get_predictions(load_ref_model(), smiles)
+    return get_predictions(load_ref_model(), smiles)
+
+
+def activation_statistics(activations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return activations.mean(0), np.cov(activations.T)
 
 
-def frechet_distance(smiles: list[str], reference_mean: np.ndarray, reference_covariance: np.ndarray) -> float:
+def chemnet_statistics(smiles: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of ChemNet's penultimate activations over ``smiles`` (FCD's inputs)."""
+    return activation_statistics(chemnet_activations(smiles))
+
+
+def frechet_distance_of_statistics(statistics: tuple[np.ndarray, np.ndarray],
+                                   reference: tuple[np.ndarray, np.ndarray]) -> float:
     from fcd import calculate_frechet_distance
 
-    mean, covariance = chemnet_statistics(smiles)
-    return float(calculate_frechet_distance(mu1=mean, sigma1=covariance, mu2=reference_mean,
-                                            sigma2=reference_covariance))
+    return float(calculate_frechet_distance(mu1=statistics[0], sigma1=statistics[1], mu2=reference[0],
+                                            sigma2=reference[1]))
+
+
+def frechet_distance(smiles: list[str], reference_mean: np.ndarray, reference_covariance: np.ndarray) -> float:
+    return frechet_distance_of_statistics(chemnet_statistics(smiles), (reference_mean, reference_covariance))
 
 
 def morgan_fingerprints(mols: list[Chem.Mol], radius: int = 2, bits: int = 1024) -> list:
