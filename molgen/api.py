@@ -10,7 +10,8 @@ from torch_geometric.data import Data
 
 from molgen.checkpoint import BUNDLED, LoadedModel, ModelCard, load_model
 from molgen.checks import DEFAULT_ALERTS, DEFAULT_RULES, CheckConfig, append_results, run_checks
-from molgen.pipeline import GenerateOptions, generate
+from molgen.guidance import parse_targets
+from molgen.pipeline import DEFAULT_GUIDANCE_SCALE, GenerateOptions, generate
 from molgen.sampler import SamplerSettings
 from molgen.io import resolve_smiles_column
 from molgen.pyg import smiles_to_data
@@ -50,19 +51,24 @@ class Model:
         match_profile: bool = True,
         apply_filters: bool = True,
         props: tuple[str, ...] = (),
+        targets: tuple[str, ...] = (),
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         rules: tuple[str, ...] = DEFAULT_RULES,
         alerts: tuple[str, ...] = DEFAULT_ALERTS,
         batch_size: int = 500,
         distribution: str | None = None,
         num_atoms: int | None = None,
     ) -> pd.DataFrame:
-        """Sample ``n`` molecules; the same columns as ``molgen generate`` (ranked best first)."""
+        """Sample ``n`` molecules; the same columns as ``molgen generate`` (ranked best first). ``targets``
+        (e.g. ``("qed>=0.6", "clogp=1..3")``) guide the sampler towards property windows with weight
+        ``guidance_scale`` and add the ``on_target`` column."""
         options = GenerateOptions(
             n=n, seed=seed, batch_size=batch_size, device=self.device,
             sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,
                                     temperature=temperature),
             distribution=distribution, num_atoms=num_atoms, match_profile=match_profile,
             apply_filters=apply_filters, checks=CheckConfig.from_strings(rules, alerts, props),
+            targets=parse_targets(targets), guidance_scale=guidance_scale,
         )
         if min_percentile is not None:
             options = replace(options, min_percentile=min_percentile)

@@ -223,6 +223,7 @@ class ModelCard:
     density_members: list[dict]  # fits of members added after the distillation
     elbo_proposal: dict | None
     repair: dict | None
+    property_head: dict | None  # the fit of the property head that guidance follows (molgen fit-properties)
     evaluation: dict  # headline figures of `molgen evaluate`, stored at export
 
     @classmethod
@@ -256,6 +257,7 @@ class ModelCard:
             density_members=list(meta.get("density_members", [])),
             elbo_proposal=meta.get("elbo_proposal"),
             repair=meta.get("repair"),
+            property_head=meta.get("property_head"),
             evaluation=dict(loaded.evaluation or {}),
         )
 
@@ -317,6 +319,11 @@ class ModelCard:
                              f"{own['gated_states']:,} gated states of {own['chains']:,} chains, {fit['chain_steps']:,} "
                              f"steps; raw validity {100 * own['raw_validity_before']:.1f}% -> "
                              f"{100 * own['raw_validity_after']:.1f}% on {own['check_chains']:,} fresh chains"))
+        if self.property_head:
+            fit, held_out = self.property_head, self.property_head["held_out"]
+            clean = ", ".join(f"{name} {figures['r2'][0]:.2f}" for name, figures in held_out["properties"].items())
+            rows.append(("property head (guidance)", f"{fit['steps']:,} steps on {fit['train_molecules']:,} training "
+                         f"molecules; held-out R^2 of clean molecules: {clean}"))
         for label, value in self.evaluation.items():
             if isinstance(value, list):  # an interval
                 value = " to ".join(f"{bound:.4g}" for bound in value)

@@ -32,7 +32,10 @@ from molgen.tokenizer import pair_mask_of
 class Denoised(NamedTuple):
     atoms: torch.Tensor  # (B, N, A) estimate of the clean atom one-hots (probabilities)
     bonds: torch.Tensor  # (B, N, N, bond types)
-    density: torch.Tensor  # (B,) D(z, t)
+    density: torch.Tensor  # (B,) D(z, t): the log-density the sampler follows, up to a constant
+    # With guidance: a term (atoms, bonds) the sampler adds to the score, e.g. the scaled gradient of
+    # log p(y in window | z_t); then ``density`` includes that log-likelihood, so MALA tests the same target.
+    guidance: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "tuple | None"], Denoised]
@@ -140,8 +143,20 @@ def _predictor(z, estimate: Denoised, t, s, noise: NoiseProcess, settings: Sampl
     clean_bonds = draw_one_hot(estimate.bonds, generator, symmetric=True)
     mean_atoms, var_atoms = posterior(z.atoms, clean_atoms, t, s, noise.atoms)
     mean_bonds, var_bonds = posterior(z.bonds, clean_bonds, t, s, noise.bonds)
+    if estimate.guidance is not None:
+        mean_atoms = mean_atoms + var_atoms * estimate.guidance[0]
+        mean_bonds = mean_bonds + var_bonds * estimate.guidance[1]
     atoms = mean_atoms + settings.temperature * var_atoms.sqrt() * _gaussian(z.atoms, generator, symmetric=False)
     bonds = mean_bonds + settings.temperature * var_bonds.sqrt() * _gaussian(z.bonds, generator, symmetric=True)
+    return _State(atoms * atom_mask, bonds * pair_mask)
+
+
+def _score(z: _State, estimate: Denoised, t, noise: NoiseProcess, atom_mask, pair_mask) -> _State:
+    """The score by Tweedie's formula, plus the estimate's guidance term where it has one."""
+    atoms = tweedie_score(z.atoms, estimate.atoms, t, noise.atoms)
+    bonds = tweedie_score(z.bonds, estimate.bonds, t, noise.bonds)
+    if estimate.guidance is not None:
+        atoms, bonds = atoms + estimate.guidance[0], bonds + estimate.guidance[1]
     return _State(atoms * atom_mask, bonds * pair_mask)
 
 
@@ -149,10 +164,7 @@ def _corrector(denoiser, z: _State, t, self_cond, noise: NoiseProcess, settings:
     """One Langevin move per molecule; returns the new state, its estimate, and how many moved."""
     atom_mask, pair_mask = _masks(mask)
     current = denoiser(z.atoms, z.bonds, t, self_cond)
-    score = _State(
-        tweedie_score(z.atoms, current.atoms, t, noise.atoms) * atom_mask,
-        tweedie_score(z.bonds, current.bonds, t, noise.bonds) * pair_mask,
-    )
+    score = _score(z, current, t, noise, atom_mask, pair_mask)
     xi = _State(
         _gaussian(z.atoms, generator, symmetric=False) * atom_mask,
         _gaussian(z.bonds, generator, symmetric=True) * pair_mask,
@@ -166,10 +178,7 @@ def _corrector(denoiser, z: _State, t, self_cond, noise: NoiseProcess, settings:
     if not settings.mala:
         return proposal, current, z.atoms.shape[0]
     proposed = denoiser(proposal.atoms, proposal.bonds, t, self_cond)
-    reverse_score = _State(
-        tweedie_score(proposal.atoms, proposed.atoms, t, noise.atoms) * atom_mask,
-        tweedie_score(proposal.bonds, proposed.bonds, t, noise.bonds) * pair_mask,
-    )
+    reverse_score = _score(proposal, proposed, t, noise, atom_mask, pair_mask)
     # log q(z | z') - log q(z' | z) for the Gaussian Langevin proposals, bonds once per pair.
     forward = _per_molecule_norm(
         proposal.atoms - z.atoms - expand(step, z.atoms) * score.atoms,
@@ -183,9 +192,13 @@ def _corrector(denoiser, z: _State, t, self_cond, noise: NoiseProcess, settings:
     accept = torch.log(torch.rand(log_ratio.shape, generator=generator, device=log_ratio.device)) < log_ratio
     atoms = torch.where(expand(accept, z.atoms), proposal.atoms, z.atoms)
     bonds = torch.where(expand(accept, z.bonds), proposal.bonds, z.bonds)
+    guidance = None
+    if current.guidance is not None:
+        guidance = tuple(torch.where(expand(accept, now), then, now) for now, then in zip(current.guidance, proposed.guidance))
     chosen = Denoised(
         torch.where(expand(accept, z.atoms), proposed.atoms, current.atoms),
         torch.where(expand(accept, z.bonds), proposed.bonds, current.bonds),
         torch.where(accept, proposed.density, current.density),
+        guidance,
     )
     return _State(atoms, bonds), chosen, int(accept.sum())

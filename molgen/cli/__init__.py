@@ -22,6 +22,7 @@ from molgen.cli.distill import distill  # noqa: E402
 from molgen.cli.evaluate import evaluate  # noqa: E402
 from molgen.cli.export import export  # noqa: E402
 from molgen.cli.filter import filter_command  # noqa: E402
+from molgen.cli.fit_properties import fit_properties  # noqa: E402
 from molgen.cli.generate import generate  # noqa: E402
 from molgen.cli.info import info  # noqa: E402
 from molgen.cli.repair import repair  # noqa: E402
@@ -53,6 +54,7 @@ def main(
 for command in (check, train, distill, repair, generate, info, evaluate, score):
     app.command()(command)
 app.command("filter")(filter_command)
+app.command("fit-properties")(fit_properties)
 app.command()(export)
 app.add_typer(data_app, name="data")
 

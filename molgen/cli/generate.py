@@ -16,7 +16,8 @@ from rich.table import Table
 from molgen.checkpoint import load_model
 from molgen.cli import common
 from molgen.io import TableWriter
-from molgen.pipeline import GENERATE_MIN_PERCENTILE, GenerateOptions
+from molgen.guidance import parse_targets
+from molgen.pipeline import DEFAULT_GUIDANCE_SCALE, GENERATE_MIN_PERCENTILE, GenerateOptions
 from molgen.pipeline import generate as run_generate
 from molgen.sampler import SamplerSettings
 
@@ -55,6 +56,13 @@ def generate(
         "median, where the sampler over-produces typical and memorised molecules); the rows say 'thinned'.",
     ),
     no_filter: bool = typer.Option(False, "--no-filter", help="Rank every unique sample; filters only reported."),
+    target: List[str] = typer.Option(
+        [], help="Guide the sampler towards a property window (repeat for several), e.g. 'qed>=0.6', 'tpsa<=40', "
+        "'clogp=1..3'; the model needs a property head (molgen info). The windows are also checked by RDKit: the "
+        "on_target column."),
+    guidance_scale: float = typer.Option(
+        DEFAULT_GUIDANCE_SCALE, min=0.0, help="Weight of the targets' log-likelihood gradient beside the score "
+        "(0: unguided, the targets only checked)."),
     prop: List[str] = common.prop_option("qed>=0.4"),
     rule: List[str] = common.rule_option(),
     alerts: str = common.alerts_option(),
@@ -66,6 +74,7 @@ def generate(
     common.compute_on(device, threads)
     checks = common.check_config(rule, alerts, prop)
     with common.exit_codes():
+        targets = parse_targets(target)
         writer = TableWriter(output)
         sdf_writer = TableWriter(sdf, smiles_column="smiles") if sdf is not None else None
         loaded = load_model(checkpoint, device=device)
@@ -74,6 +83,7 @@ def generate(
         sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,
                                 temperature=temperature),
         min_percentile=min_percentile, match_profile=match_profile, apply_filters=not no_filter, checks=checks,
+        targets=targets, guidance_scale=guidance_scale,
     )
     started = time.perf_counter()
     with common.exit_codes(), Progress(
@@ -102,7 +112,7 @@ def _summary(stats: dict, n: int, elapsed: float) -> Table:
     table.add_column("")
     table.add_column("molecules", justify="right")
     table.add_column("share", justify="right")
-    for label, key in SUMMARY_ROWS:
+    for label, key in SUMMARY_ROWS + ([("on target (RDKit)", "on_target")] if "on_target" in stats else []):
         value = stats.get(key)
         table.add_row(label, "n/a" if value is None else f"{value:,}",
                       "" if value is None else f"{100 * value / max(stats['proposed'], 1):.1f}%")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from molgen.model.graphs import AROMATIC_ORDER
+from molgen.model.properties import PropertyConfig
 
 
 @dataclass
@@ -63,6 +64,7 @@ class DiScoConfig:
     kekule_features: bool = False  # whether the previous estimate's aromatic bonds can be kekulized, per atom
     density: DensityConfig = field(default_factory=DensityConfig)
     repair: RepairAdapterConfig = field(default_factory=RepairAdapterConfig)
+    properties: PropertyConfig = field(default_factory=PropertyConfig)
 
     def __post_init__(self):
         if self.kekule_features and AROMATIC_ORDER not in self.bond_orders:
@@ -79,6 +81,7 @@ class DiScoConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["atom_valences"] = list(self.atom_valences)
+        data["properties"] = {key: list(value) for key, value in data["properties"].items()}
         data["bond_orders"] = list(self.bond_orders)
         return data
 
@@ -91,6 +94,7 @@ class DiScoConfig:
                 raise ValueError(f"this checkpoint's model uses {name}={value!r}, which molgen retired "
                                  f"(every shipped model had {shipped!r}); load it with molgen 0.1")
         nested = {"density": dict(data.pop("density", {})), "repair": dict(data.pop("repair", {}))}
+        properties = dict(data.pop("properties", {}))
         for flat, (part, name) in FLAT_FIELDS.items():
             if flat in data:
                 nested[part][name] = data.pop(flat)
@@ -98,4 +102,5 @@ class DiScoConfig:
         # Configs written before aromatic bonds name a count of Kekulé bond types instead.
         data.pop("num_bond_types", None)
         data["bond_orders"] = tuple(float(order) for order in data.get("bond_orders", cls.bond_orders))
-        return cls(**data, density=DensityConfig(**nested["density"]), repair=RepairAdapterConfig(**nested["repair"]))
+        return cls(**data, density=DensityConfig(**nested["density"]), repair=RepairAdapterConfig(**nested["repair"]),
+                   properties=PropertyConfig(**properties))

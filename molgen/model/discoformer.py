@@ -10,7 +10,9 @@ is fed back as extra channels, with per-atom features computed from it (``featur
 Heads:
   * score head: per-atom logits over atom types and per-pair logits over bond types (symmetric); their
     softmax is p(z_0 | z_t), whose mean gives the score by Tweedie's formula (``noise.tweedie_score``);
-  * density head: D(z, t, dist) in nats from the final token states (``density``).
+  * density head: D(z, t, dist) in nats from the final token states (``density``);
+  * property head (optional, fit after training): RDKit properties of the clean molecule, a Gaussian
+    per property, from the same states (``properties``); the sampler's guidance follows its gradient.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from molgen.model.config import DiScoConfig
 from molgen.model.density import DensityHead, upgrade_density_keys
 from molgen.model.features import derived_atom_features, kekule_features, valence_features
 from molgen.model.layers import Block, FourierEmbedding, PairLayout
+from molgen.model.properties import PropertyHead
 from molgen.model.repair import RepairAdapter, upgrade_repair_keys
 from molgen.tokenizer import pair_mask_of
 
@@ -69,6 +72,7 @@ class DiScoFormer(nn.Module):
         self.bond_right = nn.Linear(d, dp)
         self.bond_head = nn.Sequential(nn.LayerNorm(dp), nn.Linear(dp, dp), nn.GELU(), nn.Linear(dp, b))
         self.density = DensityHead(d, config.density)
+        self.properties = PropertyHead(d, config.properties) if config.properties.names else None
 
     @property
     def null_distribution(self) -> int:
