@@ -32,3 +32,16 @@ def test_score_library_notebook_runs(tiny_checkpoint, monkeypatch):
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 2
+
+
+@pytest.mark.slow
+def test_targeted_design_notebook_runs(monkeypatch):
+    monkeypatch.delenv("MOLGEN_CHECKPOINT", raising=False)  # the bundled model: it has a property head
+    monkeypatch.setenv("MOLGEN_NOTEBOOK_N", "16")
+    monkeypatch.setenv("MOLGEN_NOTEBOOK_STEPS", "10")
+    notebook = nbformat.read(NOTEBOOKS / "targeted_design.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 2  # histograms and the grid
+    assert any("hits per second" in o.get("data", {}).get("text/plain", "") for o in outputs)
