@@ -27,6 +27,8 @@ from molgen.tokenizer import Vocabulary
 FORMAT = "molgen-discoformer-1"
 BUNDLED = Path(__file__).resolve().parent / "weights" / "qm9.pt"
 DIGEST_KEY = "content_digest"
+ADAPTER_FORMAT = "molgen-adapter-1"
+BUNDLED_NAME = "bundled"  # an adapter file's base_name when it extends the bundled model
 # What inference needs; the rest of a training checkpoint (optimizer, raw weights, RNG) is dropped.
 INFERENCE_KEYS = ("model_config", "vocab", "noise", "distributions", "size_distributions", "calibration",
                   "metrics", "meta", "train_smiles_hashes", "elbo_proposal", "evaluation")
@@ -83,9 +85,10 @@ def warm_start_seconds(initialized_from: dict) -> float:
     return float(initialized_from.get("total_training_seconds", initialized_from.get("training_seconds", 0.0)))
 
 
-def read_checkpoint(path: str | os.PathLike, kind: str = FORMAT) -> dict:
-    """The payload of a checkpoint of ``kind``; :class:`CheckpointError` (one sentence) for a file that
-    is empty, truncated, foreign, unsafe to unpickle or damaged after it was written."""
+def read_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] = FORMAT) -> dict:
+    """The payload of a checkpoint of ``kind`` (or of any of several kinds); :class:`CheckpointError`
+    (one sentence) for a file that is empty, truncated, foreign, unsafe to unpickle or damaged after it
+    was written."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {str(path)!r} is a directory, not a checkpoint file")
@@ -105,12 +108,13 @@ def read_checkpoint(path: str | os.PathLike, kind: str = FORMAT) -> dict:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path} is damaged: PyTorch could not read it ({first_line})") from None
     found = payload.get("format") if isinstance(payload, dict) else None
-    if found != kind:
-        raise CheckpointError(f"{path} is not a {kind} checkpoint (format {found!r})")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if found not in kinds:
+        raise CheckpointError(f"{path} is not a {' or '.join(kinds)} checkpoint (format {found!r})")
     if DIGEST_KEY in payload and payload[DIGEST_KEY] != content_digest(payload):
         raise CheckpointError(f"{path} is damaged: its contents no longer match the digest written with them; "
                               "use another copy")
-    return upgraded(payload, path) if kind == FORMAT else payload
+    return upgraded(payload, path) if found == FORMAT else payload
 
 
 def upgraded(payload: dict, path: Path) -> dict:
@@ -173,11 +177,20 @@ def export_inference(
 
 
 def load_model(
-    path: str | os.PathLike | None = None, weights: str = "ema", device: str | torch.device = "cpu"
+    path: str | os.PathLike | None = None, weights: str = "ema", device: str | torch.device = "cpu",
+    base: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """The model of a checkpoint (the bundled QM9 model when ``path`` is None), with its EMA weights
-    by default, as float32 in eval mode on ``device``."""
-    payload = read_checkpoint(BUNDLED if path is None else path)
+    by default, as float32 in eval mode on ``device``. An adapter file (`molgen adapt`) loads as its
+    base extended by its distribution: the base is ``base``, else the bundled model or the path it
+    was adapted from, and must be the very model it was adapted from (content digest)."""
+    payload = read_checkpoint(BUNDLED if path is None else path, (FORMAT, ADAPTER_FORMAT))
+    if payload["format"] == ADAPTER_FORMAT:
+        from molgen.training.adapt import adapted_model  # the adapter's code needs this module
+
+        loaded = adapted_model(load_model(base or adapter_base(payload, Path(path)), weights), payload, str(path))
+        loaded.model.to(device)
+        return loaded
     model = DiScoFormer(DiScoConfig.from_dict(payload["model_config"]))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload[weights].items()})
     model.eval().to(device)
@@ -195,6 +208,18 @@ def load_model(
         evaluation=payload.get("evaluation"),
         digest=payload.get(DIGEST_KEY),
     )
+
+
+def adapter_base(payload: dict, path: Path) -> Path:
+    """Where the base of an adapter file is: the bundled model, or the path it was adapted from (as
+    given, or beside the adapter file)."""
+    name = payload["base_name"]
+    if name == BUNDLED_NAME:
+        return BUNDLED
+    for candidate in (Path(name), path.parent / Path(name).name):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"{path} was adapted from {name}, which is not here: give its base model (--base)")
 
 
 # Card figures that measure the density head: a refit of the head (molgen distill) makes them stale.
@@ -224,6 +249,7 @@ class ModelCard:
     elbo_proposal: dict | None
     repair: dict | None
     property_head: dict | None  # the fit of the property head that guidance follows (molgen fit-properties)
+    adapter: dict | None  # an adapter file's card (molgen adapt): its set, training and held-out figures
     evaluation: dict  # headline figures of `molgen evaluate`, stored at export
 
     @classmethod
@@ -258,6 +284,7 @@ class ModelCard:
             elbo_proposal=meta.get("elbo_proposal"),
             repair=meta.get("repair"),
             property_head=meta.get("property_head"),
+            adapter=meta.get("adapter"),
             evaluation=dict(loaded.evaluation or {}),
         )
 
@@ -324,6 +351,15 @@ class ModelCard:
             clean = ", ".join(f"{name} {figures['r2'][0]:.2f}" for name, figures in held_out["properties"].items())
             rows.append(("property head (guidance)", f"{fit['steps']:,} steps on {fit['train_molecules']:,} training "
                          f"molecules; held-out R^2 of clean molecules: {clean}"))
+        if self.adapter:
+            card = self.adapter
+            molecules = card["molecules"]
+            statuses = ", ".join(f"{count:,} {status}" for status, count in molecules["statuses"].items())
+            rows.append((f"adapter: {card['name']}", f"extends {card['base']['name']} (digest "
+                         f"{card['base']['digest'][:12]}…); set: {statuses}; trained on {molecules['train']:,} for "
+                         f"{card['steps']:,} steps ({card['training_seconds'] / 60:.1f} min), rank {card['config']['rank']}"))
+            rows += [(f"adapter: held-out NLL, {label}", f"{figures['nll_nats']:.2f} ± {figures['nll_stderr']:.2f} nats")
+                     for label, figures in card["held_out"].items()]
         for label, value in self.evaluation.items():
             if isinstance(value, list):  # an interval
                 value = " to ".join(f"{bound:.4g}" for bound in value)

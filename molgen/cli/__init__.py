@@ -16,6 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer  # noqa: E402
 
 from molgen import __version__  # noqa: E402
+from molgen.cli.adapt import adapt  # noqa: E402
 from molgen.cli.check import check  # noqa: E402
 from molgen.cli.data import data_app  # noqa: E402
 from molgen.cli.distill import distill  # noqa: E402
@@ -56,6 +57,7 @@ for command in (check, train, distill, repair, generate, info, evaluate, score):
 app.command("filter")(filter_command)
 app.command("fit-properties")(fit_properties)
 app.command()(export)
+app.command()(adapt)
 app.add_typer(data_app, name="data")
 
 __all__ = ["app"]

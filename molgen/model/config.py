@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from molgen.model.adapters import AdapterConfig
 from molgen.model.graphs import AROMATIC_ORDER
 from molgen.model.properties import PropertyConfig
 
@@ -65,6 +66,7 @@ class DiScoConfig:
     density: DensityConfig = field(default_factory=DensityConfig)
     repair: RepairAdapterConfig = field(default_factory=RepairAdapterConfig)
     properties: PropertyConfig = field(default_factory=PropertyConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)  # low-rank adapters of one distribution (molgen adapt)
 
     def __post_init__(self):
         if self.kekule_features and AROMATIC_ORDER not in self.bond_orders:
@@ -95,6 +97,7 @@ class DiScoConfig:
                                  f"(every shipped model had {shipped!r}); load it with molgen 0.1")
         nested = {"density": dict(data.pop("density", {})), "repair": dict(data.pop("repair", {}))}
         properties = dict(data.pop("properties", {}))
+        adapter = dict(data.pop("adapter", {}))
         for flat, (part, name) in FLAT_FIELDS.items():
             if flat in data:
                 nested[part][name] = data.pop(flat)
@@ -103,4 +106,4 @@ class DiScoConfig:
         data.pop("num_bond_types", None)
         data["bond_orders"] = tuple(float(order) for order in data.get("bond_orders", cls.bond_orders))
         return cls(**data, density=DensityConfig(**nested["density"]), repair=RepairAdapterConfig(**nested["repair"]),
-                   properties=PropertyConfig(**properties))
+                   properties=PropertyConfig(**properties), adapter=AdapterConfig(**adapter))

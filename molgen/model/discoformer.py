@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from molgen.model.adapters import DistributionAdapters
 from molgen.model.config import DiScoConfig
 from molgen.model.density import DensityHead, upgrade_density_keys
 from molgen.model.features import derived_atom_features, kekule_features, valence_features
@@ -66,6 +67,7 @@ class DiScoFormer(nn.Module):
         self.cls = nn.Parameter(torch.zeros(d))
         self.time = FourierEmbedding(FOURIER_FEATURES, d)
         self.blocks = nn.ModuleList(Block(d, dp, config.n_heads, config.d_ff) for _ in range(config.n_layers))
+        self.adapters = DistributionAdapters(self.blocks, config.adapter) if config.adapter.rank else None
         self.final_norm = nn.LayerNorm(d)
         self.atom_head = nn.Linear(d, a)
         self.bond_left = nn.Linear(d, dp)
@@ -148,6 +150,8 @@ class DiScoFormer(nn.Module):
         special = torch.stack([self.dist(dist), self.cls.expand(batch, -1)], dim=1)
         h = torch.cat([special, atoms], dim=1) + time[:, None, :]
         key_mask = torch.cat([torch.ones(batch, 2, dtype=torch.bool, device=mask.device), mask], dim=1)
+        if self.adapters is not None:
+            self.adapters.select(dist)
         last = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
             h, pairs = block(h, pairs, key_mask, layout, time, update_pairs=final_pairs or index < last)

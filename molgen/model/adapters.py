@@ -1,0 +1,71 @@
+"""Low-rank adapters for one distribution: what `molgen adapt` learns beside a new [DIST] embedding.
+
+Each adapted linear layer of the backbone's blocks (attention in and out, feed-forward in and out)
+gains ``x @ down^T @ up^T * alpha / rank`` (LoRA, Hu et al. 2021), with ``up`` zero at first. The
+term is added only for molecules of the adapted distribution: for every other [DIST] id, the null
+one included, the model computes exactly what its base computes, bit for bit. The base's weights
+stay untouched: the adapters sit beside them as forward hooks, so the state dict keeps the base's
+keys and adds ``adapters.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ADAPTED_LAYERS = ("qkv", "out", "ff.0", "ff.2")
+
+
+@dataclass
+class AdapterConfig:
+    rank: int = 0  # 0: no adapters
+    distribution: int = -1  # the [DIST] id whose molecules the adapters act on
+    alpha: float = 8.0  # the update is scaled by alpha / rank, so its size does not depend on the rank
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ValueError("adapter rank must be at least 0")
+
+
+class LowRank(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int, scale: float):
+        super().__init__()
+        self.down = nn.Linear(base.in_features, rank, bias=False)
+        self.up = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.normal_(self.down.weight, std=base.in_features ** -0.5)
+        nn.init.zeros_(self.up.weight)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x)) * self.scale
+
+
+class DistributionAdapters(nn.Module):
+    """Low-rank updates of ``ADAPTED_LAYERS`` in every block, gated by the molecules' [DIST] id."""
+
+    def __init__(self, blocks: nn.ModuleList, config: AdapterConfig):
+        super().__init__()
+        self.distribution = config.distribution
+        self.updates = nn.ModuleDict()
+        self.gate: torch.Tensor | None = None  # (B,) bool, set per forward pass by :meth:`select`
+        for index, block in enumerate(blocks):
+            for name in ADAPTED_LAYERS:
+                layer = block.get_submodule(name)
+                key = f"{index}_{name.replace('.', '_')}"
+                self.updates[key] = LowRank(layer, config.rank, config.alpha / config.rank)
+                layer.register_forward_hook(self._hook(key))
+
+    def select(self, dist: torch.Tensor) -> None:
+        gate = dist == self.distribution
+        self.gate = gate if bool(gate.any()) else None
+
+    def _hook(self, key: str):
+        def add_update(module, inputs, output):
+            if self.gate is None:
+                return output
+            update = self.updates[key](inputs[0])
+            gate = self.gate.view(-1, *([1] * (output.dim() - 1)))
+            return torch.where(gate, output + update, output)
+        return add_update

@@ -1,0 +1,276 @@
+"""`molgen adapt`: a user's molecule set as a new distribution of a trained DiScoFormer.
+
+The base model gains one [DIST] embedding (started from the null one: the generic model is the best
+guess before any training) and low-rank adapters that act only on molecules of that id
+(:mod:`molgen.model.adapters`). Only those are trained, on the score loss the base was trained with;
+the backbone, both heads and every other embedding stay frozen, so the base's own distributions are
+computed bit for bit as before. Then the held-out part of the set calibrates the density percentiles
+of the new distribution.
+
+What is written is small: the new embedding and the adapters, the base's content digest (loading
+with another base is refused), the set's size histogram, calibration, training-set hashes (novelty)
+and a card. :func:`adapted_model` rebuilds the extended model from a base and such a file.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from molgen.checkpoint import ADAPTER_FORMAT, CheckpointError, LoadedModel, read_checkpoint, save_checkpoint
+from molgen.likelihood import elbo, log_density
+from molgen.model import DiScoFormer
+from molgen.model.adapters import AdapterConfig
+from molgen.novelty import smiles_hash
+from molgen.pyg import MoleculeGraphs
+from molgen.scoring import EncodedChunk
+from molgen.training.data import CALIBRATION_QUANTILES
+from molgen.training.losses import LossWeights, training_losses
+
+
+@dataclass
+class AdaptConfig:
+    name: str = "adapted"
+    rank: int = 8
+    minutes: float = 10.0  # time budget for training (the held-out figures come after it)
+    max_steps: int | None = None
+    batch_size: int = 64
+    lr: float = 3e-3
+    val_fraction: float = 0.2
+    elbo_samples: int = 32  # noise levels per held-out ELBO
+    checkpoint_minutes: float = 2.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def extended(base: DiScoFormer, rank: int) -> DiScoFormer:
+    """``base`` with one more [DIST] id (index = the base's null index; the null id moves one up) and
+    low-rank adapters on it. The new embedding starts as the base's null one and the adapters at zero,
+    so before training the new distribution is the base's generic model."""
+    k = base.config.num_distributions
+    config = replace(base.config, num_distributions=k + 1, adapter=AdapterConfig(rank=rank, distribution=k))
+    model = DiScoFormer(config)
+    state = base.state_dict()
+    table = state["dist.weight"]
+    state["dist.weight"] = torch.cat([table[:k], table[k:k + 1], table[k:k + 1]])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(key.startswith("adapters.") for key in missing), (missing, unexpected)
+    return model
+
+
+def adapter_weights(model: DiScoFormer) -> dict[str, torch.Tensor]:
+    """What the adapter file stores: the new [DIST] row and the adapters."""
+    index = model.config.adapter.distribution
+    return {"dist_row": model.dist.weight[index].detach().clone(),
+            **{f"adapters.{key}": value.detach().clone() for key, value in model.adapters.state_dict().items()}}
+
+
+def load_adapter_weights(model: DiScoFormer, weights: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        model.dist.weight[model.config.adapter.distribution] = weights["dist_row"]
+    model.adapters.load_state_dict({key[len("adapters."):]: value for key, value in weights.items()
+                                    if key.startswith("adapters.")})
+
+
+def trainable(model: DiScoFormer) -> list[torch.nn.Parameter]:
+    """Freeze everything but the adapters and the [DIST] table (whose other rows get no gradient:
+    :func:`_only_new_row`)."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    parameters = list(model.adapters.parameters()) + [model.dist.weight]
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    return parameters
+
+
+def _only_new_row(model: DiScoFormer) -> None:
+    index = model.config.adapter.distribution
+    keep = torch.zeros_like(model.dist.weight)
+    keep[index] = 1.0
+    model.dist.weight.grad.mul_(keep)
+
+
+def read_set(path, smiles_column: str | None, vocab, workers: int = 1) -> tuple[EncodedChunk, list[str]]:
+    """Every row of a molecule file encoded for ``vocab`` with a status (as ``molgen score`` reads it),
+    and the canonical SMILES of the rows that are ok."""
+    from molgen.chemistry import canonical_smiles, parse_smiles
+    from molgen.io import read_molecules
+    from molgen.scoring import encode_smiles
+
+    status, reason, atoms, bonds, sizes, positions, smiles = [], [], [], [], [], [], []
+    offset = 0
+    for chunk in read_molecules(path, smiles_column):
+        encoded = encode_smiles(chunk.smiles, chunk.read_error, vocab.to_dict())
+        status += encoded.status
+        reason += encoded.reason
+        atoms.append(encoded.atoms)
+        bonds.append(encoded.bonds)
+        sizes.append(encoded.sizes)
+        positions.append(encoded.positions + offset)
+        smiles += [canonical_smiles(parse_smiles(chunk.smiles[i])) for i in encoded.positions]
+        offset += len(chunk)
+    n = vocab.max_atoms
+    return EncodedChunk(status, reason, np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64),
+                        np.concatenate(atoms) if atoms else np.zeros((0, n), dtype=np.int8),
+                        np.concatenate(bonds) if bonds else np.zeros((0, n, n), dtype=np.int8),
+                        np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int8)), smiles
+
+
+def split_rows(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(count)
+    held = max(1, int(round(val_fraction * count))) if count > 1 else 0
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def size_distribution(sizes: np.ndarray, max_atoms: int) -> list[float]:
+    counts = np.bincount(sizes, minlength=max_atoms + 1).astype(np.float64)
+    return (counts / max(counts.sum(), 1.0)).tolist()
+
+
+@torch.no_grad()
+def held_out_figures(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, rows: np.ndarray,
+                     dist_index: int, size_log_probs: torch.Tensor, samples: int, seed: int) -> dict:
+    """Held-out NLL bound (nats/molecule, mean and standard error) and log_density of ``rows`` under
+    the distribution ``dist_index`` of ``model``."""
+    generator = torch.Generator().manual_seed(seed)
+    bounds, densities = [], []
+    for start in range(0, len(rows), 256):
+        batch = graphs.dense(rows[start : start + 256])
+        dist = torch.full((batch.mask.shape[0],), dist_index, dtype=torch.long)
+        estimate, _ = elbo(model, batch, dist, loaded.noise, size_log_probs[dist], samples, generator,
+                           proposal=loaded.elbo_proposal)
+        bounds.append(estimate.numpy())
+        densities.append(log_density(model, batch, dist, loaded.noise).numpy())
+    bound = np.concatenate(bounds) if bounds else np.zeros(0)
+    return {"nll_nats": float(bound.mean()) if len(bound) else None,
+            "nll_stderr": float(bound.std(ddof=1) / math.sqrt(len(bound))) if len(bound) > 1 else None,
+            "log_density": np.concatenate(densities) if densities else np.zeros(0)}
+
+
+def adapt(
+    loaded: LoadedModel, encoded: EncodedChunk, smiles: list[str], config: AdaptConfig, base_digest: str,
+    base_name: str, work: Path | None = None, log: Callable[[str], None] = lambda message: None,
+) -> tuple[dict, dict]:
+    """Adapt ``loaded`` to the molecules of ``encoded`` (their canonical ``smiles`` in the same order).
+    Returns (the adapter payload to write, its card). With ``work`` (a file) training checkpoints
+    there every ``checkpoint_minutes`` and resumes from it."""
+    if config.rank < 1:
+        raise ValueError("adapter rank must be at least 1")
+    if len(encoded.positions) < 10:
+        raise ValueError(f"only {len(encoded.positions)} molecules of the set fit the base model: adapt needs at least 10")
+    graphs = MoleculeGraphs.from_dense(encoded.atoms, encoded.bonds, encoded.sizes)
+    train, held = split_rows(len(encoded.positions), config.val_fraction, config.seed)
+    model = extended(loaded.model.cpu(), config.rank)
+    index = model.config.adapter.distribution
+    base_sizes = [row for row in loaded.size_distributions]
+    sizes = size_distribution(encoded.sizes[train].astype(np.int64), loaded.vocab.max_atoms)
+    size_table = base_sizes[:-1] + [sizes] + base_sizes[-1:]
+    size_log_probs = torch.log(torch.tensor(size_table, dtype=torch.float32) + 1e-12)
+    parameters = trainable(model)
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    state = {"step": 0, "elapsed": 0.0, "losses": []}
+    if work is not None and work.is_file():
+        saved = read_checkpoint(work, ADAPTER_FORMAT + "-training")
+        load_adapter_weights(model, saved["weights"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        generator.set_state(saved["generator"])
+        rng.bit_generator.state = saved["rng"]
+        log(f"resumed at step {state['step']:,}")
+    weights = LossWeights(nll=0.0, consistency=0.0)
+    model.train()
+    started, last_save = time.perf_counter() - state["elapsed"], time.perf_counter()
+
+    def save_progress():
+        if work is not None:
+            save_checkpoint({"weights": adapter_weights(model), "optimizer": optimizer.state_dict(), "state": state,
+                             "generator": generator.get_state(), "rng": rng.bit_generator.state},
+                            work, ADAPTER_FORMAT + "-training")
+
+    while state["elapsed"] < 60 * config.minutes and (config.max_steps is None or state["step"] < config.max_steps):
+        rows = train[rng.integers(0, len(train), config.batch_size)]
+        batch = graphs.dense(rows)
+        dist = torch.full((len(rows),), index, dtype=torch.long)
+        losses = training_losses(model, batch, dist, loaded.noise, size_log_probs[dist], weights, generator)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        _only_new_row(model)
+        optimizer.step()
+        state["step"] += 1
+        state["losses"].append(float(losses["score"].detach()))
+        state["elapsed"] = time.perf_counter() - started
+        if state["step"] % 50 == 0:
+            log(f"adapt: step {state['step']:,}, score loss {np.mean(state['losses'][-50:]):.3f}, "
+                f"{state['elapsed'] / 60:.1f} of {config.minutes:g} min")
+        if time.perf_counter() - last_save > 60 * config.checkpoint_minutes:
+            save_progress()
+            last_save = time.perf_counter()
+    save_progress()
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    figures = {}
+    null_index = model.config.num_distributions
+    rows_by = {"adapted": index, "null (zero-shot)": null_index}
+    rows_by.update({f"{name} (zero-shot)": position for position, name in enumerate(loaded.distributions)})
+    for label, dist_index in rows_by.items():
+        result = held_out_figures(model, loaded, graphs, held, dist_index, size_log_probs, config.elbo_samples, config.seed)
+        figures[label] = {"nll_nats": result["nll_nats"], "nll_stderr": result["nll_stderr"]}
+        if label == "adapted":
+            calibration = np.quantile(result["log_density"], np.linspace(0, 1, CALIBRATION_QUANTILES)).tolist()
+    card = {
+        "name": config.name,
+        "base": {"name": base_name, "digest": base_digest},
+        "config": config.to_dict(),
+        "molecules": {"ok": int(len(encoded.positions)), "train": int(len(train)), "held_out": int(len(held)),
+                      "statuses": {status: encoded.status.count(status) for status in sorted(set(encoded.status))}},
+        "steps": state["step"],
+        "training_seconds": state["elapsed"],
+        "final_score_loss": float(np.mean(state["losses"][-50:])) if state["losses"] else None,
+        "held_out": figures,
+    }
+    payload = {
+        "name": config.name,
+        "base_digest": base_digest,
+        "base_name": base_name,
+        "adapter": asdict(model.config.adapter),
+        "weights": adapter_weights(model),
+        "size_distribution": sizes,
+        "calibration": calibration,
+        "train_smiles_hashes": torch.tensor(sorted({smiles_hash(smiles[i]) for i in train}), dtype=torch.int64),
+        "card": card,
+    }
+    return payload, card
+
+
+def adapted_model(base: LoadedModel, payload: dict, path: str = "the adapter") -> LoadedModel:
+    """``base`` extended by an adapter file's payload: its distribution added (before the null one)."""
+    if payload["base_digest"] != base.digest:
+        raise CheckpointError(f"{path} extends the model with digest {payload['base_digest'][:12]}… "
+                              f"({payload['base_name']}), not this one ({(base.digest or 'none')[:12]}…): "
+                              "load it with the base it was adapted from")
+    adapter = AdapterConfig(**payload["adapter"])
+    model = extended(base.model.cpu(), adapter.rank)
+    load_adapter_weights(model, payload["weights"])
+    model.eval()
+    name = payload["name"]
+    if name in base.distributions:
+        raise CheckpointError(f"{path} adds a distribution named {name!r}, which the base has already")
+    sizes = base.size_distributions[:-1] + [payload["size_distribution"]] + base.size_distributions[-1:]
+    return replace(base, model=model, distributions=base.distributions + [name], size_distributions=sizes,
+                   calibration={**base.calibration, name: payload["calibration"]},
+                   # Novel: in neither the base's training set nor the adapted set's training part.
+                   train_hashes=np.union1d(base.train_hashes if base.train_hashes is not None else [],
+                                           payload["train_smiles_hashes"].numpy()).astype(np.int64),
+                   meta={**base.meta, "adapter": payload["card"]})
+

@@ -1,0 +1,95 @@
+"""`molgen adapt`: a new distribution as a [DIST] embedding and gated low-rank adapters (issue 45)."""
+
+import pandas as pd
+import pytest
+import torch
+from conftest import example_molecules
+from tiny_model import clean_inputs
+from typer.testing import CliRunner
+
+from molgen.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from molgen.cli import app
+from molgen.model.adapters import AdapterConfig
+from molgen.training.adapt import AdaptConfig, adapt, adapted_model, extended, read_set
+
+runner = CliRunner()
+
+
+def test_adapters_leave_every_other_distribution_bit_identical(tiny):
+    vocab, batch, model = tiny
+    inputs, _ = clean_inputs(batch, vocab)
+    grown = extended(model, rank=4).eval()
+    for parameter in grown.adapters.parameters():  # as if trained: no longer zero
+        torch.nn.init.normal_(parameter)
+    k = model.config.num_distributions
+    for base_id, grown_id in ((0, 0), (1, 1), (k, k + 1)):  # the base's distributions, then its null id (moved up)
+        x = list(inputs)
+        x[5] = torch.full_like(x[5], base_id)
+        before = model(*x)
+        x[5] = torch.full_like(x[5], grown_id)
+        after = grown(*x)
+        assert torch.equal(before.atom_logits, after.atom_logits) and torch.equal(before.density, after.density)
+    x = list(inputs)
+    x[5] = torch.full_like(x[5], k)  # the new distribution: its embedding starts as the null one, the adapters act
+    assert not torch.equal(grown(*x).atom_logits, model(*list(inputs[:5]) + [torch.full_like(x[5], k)]).atom_logits)
+    with pytest.raises(ValueError):
+        AdapterConfig(rank=-1)
+
+
+def _set_with_bad_rows(tmp_path):
+    smiles = example_molecules().iloc[:200].tolist() + ["not a smiles", "ClCCl", "C" * 12, ""]
+    path = tmp_path / "series.csv"
+    pd.DataFrame({"id": range(len(smiles)), "SMILES": smiles}).to_csv(path, index=False)
+    return path, len(smiles)
+
+
+def test_adapt_accounts_for_every_row_trains_only_the_new_parts_and_resumes(tmp_path, tiny_checkpoint):
+    path, rows = _set_with_bad_rows(tmp_path)
+    base = load_model(tiny_checkpoint)
+    encoded, smiles = read_set(path, "SMILES", base.vocab)
+    assert len(encoded.status) == rows and len(smiles) == len(encoded.positions) == 200
+    assert {"invalid_smiles", "out_of_domain"} <= set(encoded.status)
+    before = {key: value.clone() for key, value in base.model.state_dict().items()}
+    work = tmp_path / "work.pt"
+    config = AdaptConfig(name="series", rank=2, minutes=5, max_steps=6, batch_size=16, elbo_samples=4)
+    payload, card = adapt(base, encoded, smiles, config, base.digest, "tiny.pt", work)
+    assert card["steps"] == 6 and sum(card["molecules"]["statuses"].values()) == rows
+    assert set(card["held_out"]) == {"adapted", "null (zero-shot)", "qm9 (zero-shot)"}
+    assert all(torch.equal(before[key], value) for key, value in base.model.state_dict().items())  # base untouched
+    assert len(payload["calibration"]) == 101 and payload["calibration"] == sorted(payload["calibration"])
+    # Resume: the same run continues from its work file to more steps.
+    more, card = adapt(base, encoded, smiles, AdaptConfig(**{**config.to_dict(), "max_steps": 9}), base.digest, "tiny.pt", work)
+    assert card["steps"] == 9
+    loaded = adapted_model(base, more)
+    assert loaded.distributions == ["qm9", "series"] and loaded.model.config.num_distributions == 2
+    assert len(loaded.size_distributions) == 3 and "series" in loaded.calibration
+    with pytest.raises(CheckpointError, match="load it with the base it was adapted from"):
+        adapted_model(base, {**more, "base_digest": "0" * 64})
+
+
+def test_adapt_cli_writes_a_small_file_that_generate_score_and_info_use(tmp_path, tiny_checkpoint):
+    path, rows = _set_with_bad_rows(tmp_path)
+    out = tmp_path / "series.pt"
+    result = runner.invoke(app, ["adapt", str(path), "-o", str(out), "--base", str(tiny_checkpoint), "--smiles-column",
+                                 "SMILES", "--max-steps", "4", "--batch-size", "16", "--rank", "2"])
+    assert result.exit_code == 0, result.output
+    assert "200 ok" in result.output and "null (zero-shot)" in result.output
+    assert out.stat().st_size < 2_000_000 and not (tmp_path / "series.pt.partial").exists()
+    assert read_checkpoint(out, "molgen-adapter-1")["name"] == "series"
+    generated = tmp_path / "g.csv"
+    result = runner.invoke(app, ["generate", "-n", "6", "--steps", "4", "--checkpoint", str(out), "--dist", "series",
+                                 "-o", str(generated)])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(generated)) == 6
+    scored = tmp_path / "s.csv"
+    result = runner.invoke(app, ["score", str(path), "--smiles-column", "SMILES", "--checkpoint", str(out), "--dist",
+                                 "series", "-o", str(scored)])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(scored)) == rows
+    result = runner.invoke(app, ["info", str(out)])
+    assert result.exit_code == 0 and "adapter: series" in result.output
+    # Its base is not where it was: the adapter says what it needs; --base would give it.
+    payload = read_checkpoint(out, "molgen-adapter-1")
+    save_checkpoint({**payload, "base_name": str(tmp_path / "gone" / "base.pt")}, tmp_path / "orphan.pt", "molgen-adapter-1")
+    result = runner.invoke(app, ["info", str(tmp_path / "orphan.pt")])
+    assert result.exit_code == 2 and "which is not here" in result.output
