@@ -360,6 +360,10 @@ class ModelCard:
                          f"{card['steps']:,} steps ({card['training_seconds'] / 60:.1f} min), rank {card['config']['rank']}"))
             rows += [(f"adapter: held-out NLL, {label}", f"{figures['nll_nats']:.2f} ± {figures['nll_stderr']:.2f} nats")
                      for label, figures in card["held_out"].items()]
+            if card.get("density_term"):
+                fit = card["density_term"]
+                rows.append(("adapter: density term", f"fit on {fit['molecules']:,} ELBOs; held-out Spearman(D, ELBO) "
+                             f"{fit['spearman_density_elbo_before']:.3f} -> {fit['spearman_density_elbo_after']:.3f}"))
         for label, value in self.evaluation.items():
             if isinstance(value, list):  # an interval
                 value = " to ".join(f"{bound:.4g}" for bound in value)

@@ -233,4 +233,4 @@ def clean_states(model, batch: GraphBatch, dist: torch.Tensor, noise: NoiseProce
 @torch.no_grad()
 def log_density(model, batch: GraphBatch, dist: torch.Tensor, noise: NoiseProcess) -> torch.Tensor:
     """The density head at the clean end: log P(molecule) in nats from one forward pass (B,)."""
-    return model.density(clean_states(model, batch, dist, noise), batch.mask)
+    return model.density_of(clean_states(model, batch, dist, noise), batch.mask, dist)

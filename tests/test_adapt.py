@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from molgen.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from molgen.cli import app
-from molgen.model.adapters import AdapterConfig
+from molgen.model.config import AdapterConfig
 from molgen.training.adapt import AdaptConfig, adapt, adapted_model, extended, read_set
 
 runner = CliRunner()
@@ -51,12 +51,16 @@ def test_adapt_accounts_for_every_row_trains_only_the_new_parts_and_resumes(tmp_
     assert {"invalid_smiles", "out_of_domain"} <= set(encoded.status)
     before = {key: value.clone() for key, value in base.model.state_dict().items()}
     work = tmp_path / "work.pt"
-    config = AdaptConfig(name="series", rank=2, minutes=5, max_steps=6, batch_size=16, elbo_samples=4)
+    config = AdaptConfig(name="series", rank=2, minutes=5, max_steps=6, batch_size=16, elbo_samples=4,
+                         density_molecules=64, density_samples=4, density_epochs=20)
     payload, card = adapt(base, encoded, smiles, config, base.digest, "tiny.pt", work)
     assert card["steps"] == 6 and sum(card["molecules"]["statuses"].values()) == rows
     assert set(card["held_out"]) == {"adapted", "null (zero-shot)", "qm9 (zero-shot)"}
     assert all(torch.equal(before[key], value) for key, value in base.model.state_dict().items())  # base untouched
     assert len(payload["calibration"]) == 101 and payload["calibration"] == sorted(payload["calibration"])
+    fit = card["density_term"]
+    assert fit["molecules"] == 64 and -1 <= fit["spearman_density_elbo_before"] <= 1
+    assert any(value.abs().sum() > 0 for key, value in payload["weights"].items() if key.startswith("adapters.density."))
     # Resume: the same run continues from its work file to more steps.
     more, card = adapt(base, encoded, smiles, AdaptConfig(**{**config.to_dict(), "max_steps": 9}), base.digest, "tiny.pt", work)
     assert card["steps"] == 9

@@ -10,23 +10,13 @@ keys and adds ``adapters.*``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from molgen.model.config import AdapterConfig
+from molgen.model.density import DENSITY_SCALE, DensityMember, member_output
+
 ADAPTED_LAYERS = ("qkv", "out", "ff.0", "ff.2")
-
-
-@dataclass
-class AdapterConfig:
-    rank: int = 0  # 0: no adapters
-    distribution: int = -1  # the [DIST] id whose molecules the adapters act on
-    alpha: float = 8.0  # the update is scaled by alpha / rank, so its size does not depend on the rank
-
-    def __post_init__(self):
-        if self.rank < 0:
-            raise ValueError("adapter rank must be at least 0")
 
 
 class LowRank(nn.Module):
@@ -43,11 +33,17 @@ class LowRank(nn.Module):
 
 
 class DistributionAdapters(nn.Module):
-    """Low-rank updates of ``ADAPTED_LAYERS`` in every block, gated by the molecules' [DIST] id."""
+    """Low-rank updates of ``ADAPTED_LAYERS`` in every block, gated by the molecules' [DIST] id, and
+    the distribution's own density term: a density member ([CLS] and per-atom terms) whose output is
+    added to the shared head's before its bound, zero until `molgen adapt` fits it on ELBOs under the
+    adapted distribution."""
 
-    def __init__(self, blocks: nn.ModuleList, config: AdapterConfig):
+    def __init__(self, blocks: nn.ModuleList, config: AdapterConfig, d: int):
         super().__init__()
         self.distribution = config.distribution
+        self.density = DensityMember(d, atom_terms=True)
+        nn.init.zeros_(self.density.cls[-1].weight)
+        nn.init.zeros_(self.density.cls[-1].bias)
         self.updates = nn.ModuleDict()
         self.gate: torch.Tensor | None = None  # (B,) bool, set per forward pass by :meth:`select`
         for index, block in enumerate(blocks):
@@ -56,6 +52,15 @@ class DistributionAdapters(nn.Module):
                 key = f"{index}_{name.replace('.', '_')}"
                 self.updates[key] = LowRank(layer, config.rank, config.alpha / config.rank)
                 layer.register_forward_hook(self._hook(key))
+
+    def density_term(self, final_states: torch.Tensor, mask: torch.Tensor, dist: torch.Tensor) -> torch.Tensor | None:
+        """Nats (B,) to add to D for molecules of the adapted distribution, zero for the others; None
+        when the batch has none."""
+        gate = dist == self.distribution
+        if not bool(gate.any()):
+            return None
+        term = member_output(self.density, final_states, mask) * DENSITY_SCALE
+        return torch.where(gate, term, torch.zeros_like(term))
 
     def select(self, dist: torch.Tensor) -> None:
         gate = dist == self.distribution

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from molgen.model.adapters import AdapterConfig
 from molgen.model.graphs import AROMATIC_ORDER
 from molgen.model.properties import PropertyConfig
 
@@ -36,6 +35,19 @@ class RepairAdapterConfig:
     # a bond changed, which the atom side reaches only through attention.
     pair_width: int = 0
     min_logsnr: float = -1.5
+
+
+@dataclass
+class AdapterConfig:
+    """Low-rank adapters of one distribution (``molgen.model.adapters``, ``molgen adapt``)."""
+
+    rank: int = 0  # 0: no adapters
+    distribution: int = -1  # the [DIST] id whose molecules the adapters act on
+    alpha: float = 8.0  # the update is scaled by alpha / rank, so its size does not depend on the rank
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ValueError("adapter rank must be at least 0")
 
 
 # Config fields of earlier checkpoints and the value every shipped model had: measured not to help

@@ -34,6 +34,14 @@ class DensityMember(nn.Module):
             self.atoms = None
 
 
+def member_output(member: DensityMember, final_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One member's raw output (B,): its [CLS] term plus its atom terms summed over the atoms."""
+    raw = member.cls(final_states[:, 1]).squeeze(-1)
+    if member.atoms is not None:
+        raw = raw + (member.atoms(final_states[:, 2:]).squeeze(-1) * mask).sum(1)
+    return raw
+
+
 class DensityHead(nn.Module):
     def __init__(self, d: int, config: DensityConfig):
         super().__init__()
@@ -47,16 +55,20 @@ class DensityHead(nn.Module):
     def chosen(self, members: Sequence[int] | None) -> list[DensityMember]:
         return list(self.members) if members is None else [self.members[member] for member in members]
 
-    def forward(self, final_states: torch.Tensor, mask: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(self, final_states: torch.Tensor, mask: torch.Tensor, members: Sequence[int] | None = None,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
         """D in nats from final token states (B, 2 + N, d) with the atom mask (B, N): the mean over the
-        members, or over ``members`` alone."""
+        members, or over ``members`` alone; ``extra`` (B,) nats are added before the bound (an adapted
+        distribution's own term)."""
         chosen = self.chosen(members)
         raw = 0.0
-        for member in chosen:
+        for member in chosen:  # summed in this order since the first release: D stays bit for bit
             raw = raw + member.cls(final_states[:, 1]).squeeze(-1)
             if member.atoms is not None:
                 raw = raw + (member.atoms(final_states[:, 2:]).squeeze(-1) * mask).sum(1)
         value = raw / len(chosen) * DENSITY_SCALE + self.offset
+        if extra is not None:
+            value = value + extra
         return -F.softplus(-value) if self.bounded else value
 
     def parameters_of(self, members: Sequence[int] | None = None) -> list[nn.Parameter]:

@@ -67,7 +67,7 @@ class DiScoFormer(nn.Module):
         self.cls = nn.Parameter(torch.zeros(d))
         self.time = FourierEmbedding(FOURIER_FEATURES, d)
         self.blocks = nn.ModuleList(Block(d, dp, config.n_heads, config.d_ff) for _ in range(config.n_layers))
-        self.adapters = DistributionAdapters(self.blocks, config.adapter) if config.adapter.rank else None
+        self.adapters = DistributionAdapters(self.blocks, config.adapter, d) if config.adapter.rank else None
         self.final_norm = nn.LayerNorm(d)
         self.atom_head = nn.Linear(d, a)
         self.bond_left = nn.Linear(d, dp)
@@ -101,7 +101,12 @@ class DiScoFormer(nn.Module):
         outer = self.bond_left(atom_states)[:, :, None] * self.bond_right(atom_states)[:, None, :]
         bond_logits = self.bond_head(pairs + outer)
         bond_logits = 0.5 * (bond_logits + bond_logits.transpose(1, 2))
-        return ModelOutput(atom_logits, bond_logits, self.density(h, mask), h)
+        return ModelOutput(atom_logits, bond_logits, self.density_of(h, mask, dist), h)
+
+    def density_of(self, final_states: torch.Tensor, mask: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
+        """D (B,) from final token states: the shared head, plus an adapted distribution's own term."""
+        extra = self.adapters.density_term(final_states, mask, dist) if self.adapters is not None else None
+        return self.density(final_states, mask, extra=extra)
 
     def token_states(
         self,
