@@ -5,7 +5,8 @@ gains ``x @ down^T @ up^T * alpha / rank`` (LoRA, Hu et al. 2021), with ``up`` z
 term is added only for molecules of the adapted distribution: for every other [DIST] id, the null
 one included, the model computes exactly what its base computes, bit for bit. The base's weights
 stay untouched: the adapters sit beside them as forward hooks, so the state dict keeps the base's
-keys and adds ``adapters.*``.
+keys and adds ``adapters.*``. The hooks belong to the model that built them: make an adapted model
+from its config and state dict (as ``molgen.training.adapt.extended`` does), not by ``copy.deepcopy``.
 """
 
 from __future__ import annotations
