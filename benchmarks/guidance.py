@@ -63,7 +63,7 @@ def hit_figures(smiles: list[str | None], raw_valid: list[bool], seconds: float,
         "samples": len(smiles),
         "seconds": seconds,
         "hits": len(hits),
-        "hits_per_second": len(hits) / seconds,
+        "hits_per_second": len(hits) / seconds if seconds else None,  # the LM arm sets its own, checks included
         "hit_rate": len(hits) / len(smiles),
         "on_target_share": float(frame["on_target"].mean()),
         "validity_without_correction": float(np.mean(raw_valid)),
@@ -145,6 +145,14 @@ def main() -> None:
         results[window] = {"distribution": distribution, "targets": list(texts), "arms": arms}
     payload = {"checkpoint": args.checkpoint or "bundled", "samples_per_arm": args.n, "seed": args.seed,
                "scales": scales, "windows": results}
+    head = loaded.meta.get("property_head")
+    if head:  # the property head's held-out fit per noise level, as molgen fit-properties measured it
+        held_out = head["held_out"]
+        write_results(f"guidance_property_head_{args.tag}", {"property_head": head},
+                      [(name, *(f"{r2:.2f} / {mae:.3g} / {within:.2f}" for r2, mae, within in
+                                zip(figures["r2"], figures["mae"], figures["within_1sd"])))
+                       for name, figures in held_out["properties"].items()],
+                      ("property", *(f"t = {t:g}: R^2 / MAE / within 1 SD" for t in held_out["times"])))
     write_results(f"guidance_{args.tag}", payload, rows,
                   ("window", "arm", "hits", "hits/s", "vs unguided", "hit rate", "valid w/o correction",
                    "unique", "IntDiv of hits", "median density percentile of hits"))

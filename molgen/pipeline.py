@@ -35,7 +35,7 @@ from molgen.scoring import Scorer, distribution_index, passes_density, thin_to_d
 # generate's floor under the profile rule: the lowest half percent of held-out molecules' density, where
 # failed samples gather (on 3 x 10,000 QM9 samples it removes about 1.3% of them).
 GENERATE_MIN_PERCENTILE = 0.5
-DEFAULT_GUIDANCE_SCALE = 4.0
+DEFAULT_GUIDANCE_SCALE = 2.0
 
 
 @dataclass

@@ -160,7 +160,7 @@ def test_property_head_fit_learns_from_rdkit_values_and_touches_nothing_else(tmp
 
 def test_generate_cli_guides_towards_a_narrow_window_and_reports_it(tmp_path, tiny_checkpoint):
     """The bundled model's property head: guidance multiplies the samples inside cLogP 2..2.5 and
-    TPSA <= 40 (2.8% of QM9; 3% of 200 unguided samples, 42% at scale 4)."""
+    TPSA <= 40 (2.8% of QM9; 3% of 200 unguided samples, 42% at scale 4; benchmarks/guidance.py)."""
     from typer.testing import CliRunner
 
     import pandas as pd
