@@ -3,11 +3,18 @@
 __version__ = "0.1.0"
 
 
-def load(path=None, device: str = "cpu"):
-    """The bundled pretrained QM9 model, or the checkpoint at ``path`` (see :mod:`molgen.api`)."""
+def load(path=None, device: str = "cpu", base=None):
+    """The bundled pretrained QM9 model, or the checkpoint or adapter file at ``path`` (see :mod:`molgen.api`)."""
     from molgen.api import load as _load
 
-    return _load(path, device)
+    return _load(path, device, base)
+
+
+def adapt(molecules, output, **options):
+    """A molecule file as a new distribution of a model, written to ``output`` (see :func:`molgen.api.adapt`)."""
+    from molgen.api import adapt as _adapt
+
+    return _adapt(molecules, output, **options)
 
 
 def to_pyg(smiles, model=None):

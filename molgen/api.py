@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from torch_geometric.data import Data
 
-from molgen.checkpoint import BUNDLED, LoadedModel, ModelCard, load_model
+from molgen.checkpoint import BUNDLED, BUNDLED_NAME, LoadedModel, ModelCard, load_model
 from molgen.checks import DEFAULT_ALERTS, DEFAULT_RULES, CheckConfig, append_results, run_checks
 from molgen.guidance import parse_targets
 from molgen.pipeline import DEFAULT_GUIDANCE_SCALE, GenerateOptions, generate
@@ -155,6 +157,32 @@ def filter_frame(
     return result if keep_failed else result[verdict["passed"].to_numpy()]
 
 
-def load(path: str | os.PathLike | None = None, device: str = "cpu") -> Model:
-    """The bundled pretrained QM9 model, or the checkpoint at ``path``."""
-    return Model(load_model(path, device=device), device=device, name=BUNDLED.name if path is None else str(path))
+def load(path: str | os.PathLike | None = None, device: str = "cpu", base: str | os.PathLike | None = None) -> Model:
+    """The bundled pretrained QM9 model, or the checkpoint at ``path`` (an adapter file loads on its
+    base: the bundled model or the path it was adapted from, or ``base``)."""
+    return Model(load_model(path, device=device, base=base), device=device,
+                 name=BUNDLED.name if path is None else str(path))
+
+
+class Adapted(NamedTuple):
+    model: Model  # the base with the new distribution
+    train: list[str]  # canonical SMILES the adapters were trained on
+    held_out: list[str]  # and those held out for the figures and the calibration
+
+
+def adapt(
+    molecules: str | os.PathLike, output: str | os.PathLike, base: str | os.PathLike | None = None,
+    name: str | None = None, smiles_column: str | None = None, minutes: float = 10.0, max_steps: int | None = None,
+    rank: int = 8, val_fraction: float = 0.2, seed: int = 0,
+) -> Adapted:
+    """``molgen adapt`` from Python: the molecule file becomes distribution ``name`` (default: the
+    output file's stem) of ``base`` (default: the bundled model), written to ``output``."""
+    from molgen.training.adapt import AdaptConfig, adapt_file
+
+    output = Path(output)
+    loaded = load_model(base)
+    base_name = BUNDLED_NAME if base is None or Path(base).resolve() == BUNDLED else str(base)
+    config = AdaptConfig(name=name or output.stem, rank=rank, minutes=minutes, max_steps=max_steps,
+                         val_fraction=val_fraction, seed=seed)
+    _, split = adapt_file(molecules, output, loaded, base_name, config, smiles_column)
+    return Adapted(load(output, base=base), split["train"], split["held_out"])

@@ -29,17 +29,13 @@ def adapt(
     threads: Optional[int] = common.threads_option(),
 ) -> None:
     """Learn a new [DIST] embedding and low-rank adapters on a molecule file, the base model frozen."""
-    from molgen.checkpoint import ADAPTER_FORMAT, BUNDLED, BUNDLED_NAME, load_model, save_checkpoint
-    from molgen.training.adapt import AdaptConfig, read_set
-    from molgen.training.adapt import adapt as run_adapt
+    from molgen.checkpoint import BUNDLED, BUNDLED_NAME, load_model
+    from molgen.training.adapt import AdaptConfig, adapt_file
 
     common.compute_on("cpu", threads)
     work = Path(f"{output}.partial")
     with common.exit_codes():
         loaded = load_model(base)
-        if loaded.model.config.adapter.rank:
-            raise ValueError(f"{base} is itself adapted: adapt its base model instead")
-        encoded, smiles = read_set(input, smiles_column, loaded.vocab, workers)
     if not resume and work.exists():
         work.unlink()
     config = AdaptConfig(name=name or output.stem, rank=rank, minutes=minutes, max_steps=max_steps, batch_size=batch_size,
@@ -47,8 +43,7 @@ def adapt(
     base_name = BUNDLED_NAME if base is None or base.resolve() == BUNDLED else str(base)
     with common.exit_codes(f"interrupted; continue with the same command and --resume ({work} kept)"), \
             common.console.status("adapting") as status:
-        payload, card = run_adapt(loaded, encoded, smiles, config, loaded.digest or "", base_name, work, status.update)
-        save_checkpoint(payload, output, ADAPTER_FORMAT)
+        card, _ = adapt_file(input, output, loaded, base_name, config, smiles_column, workers, work, status.update)
     work.unlink(missing_ok=True)
     out = Console()
     counts = ", ".join(f"{count:,} {status}" for status, count in card["molecules"]["statuses"].items())

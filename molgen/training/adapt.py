@@ -314,6 +314,20 @@ def adapt(
     return payload, card
 
 
+def adapt_file(source, output: str | Path, loaded: LoadedModel, base_name: str, config: AdaptConfig,
+               smiles_column: str | None = None, workers: int = 1, work: Path | None = None,
+               log: Callable[[str], None] = lambda message: None) -> tuple[dict, dict[str, list[str]]]:
+    """Adapt ``loaded`` (named ``base_name`` in the file) to the molecule file ``source`` and write the
+    adapter to ``output``. Returns its card and the canonical SMILES of its training and held-out parts."""
+    if loaded.model.config.adapter.rank:
+        raise ValueError(f"{base_name} is itself adapted: adapt its base model instead")
+    encoded, smiles = read_set(source, smiles_column, loaded.vocab, workers)
+    payload, card = adapt(loaded, encoded, smiles, config, loaded.digest or "", base_name, work, log)
+    save_checkpoint(payload, output, ADAPTER_FORMAT)
+    train, held = split_rows(len(smiles), config.val_fraction, config.seed)
+    return card, {"train": [smiles[i] for i in train], "held_out": [smiles[i] for i in held]}
+
+
 def adapted_model(base: LoadedModel, payload: dict, path: str = "the adapter") -> LoadedModel:
     """``base`` extended by an adapter file's payload: its distribution added (before the null one)."""
     if payload["base_digest"] != base.digest:
