@@ -362,7 +362,8 @@ class ModelCard:
                      for label, figures in card["held_out"].items()]
             if card.get("density_term"):
                 fit = card["density_term"]
-                rows.append(("adapter: density term", f"fit on {fit['molecules']:,} ELBOs; held-out Spearman(D, ELBO) "
+                rows.append(("adapter: density term", f"fit on {fit['molecules']:,} ELBOs ({fit.get('epochs_kept', '?')} "
+                             f"epochs kept); held-out Spearman(D, ELBO) "
                              f"{fit['spearman_density_elbo_before']:.3f} -> {fit['spearman_density_elbo_after']:.3f}"))
         for label, value in self.evaluation.items():
             if isinstance(value, list):  # an interval

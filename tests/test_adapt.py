@@ -60,7 +60,8 @@ def test_adapt_accounts_for_every_row_trains_only_the_new_parts_and_resumes(tmp_
     assert len(payload["calibration"]) == 101 and payload["calibration"] == sorted(payload["calibration"])
     fit = card["density_term"]
     assert fit["molecules"] == 64 and -1 <= fit["spearman_density_elbo_before"] <= 1
-    assert any(value.abs().sum() > 0 for key, value in payload["weights"].items() if key.startswith("adapters.density."))
+    assert 0 <= fit["epochs_kept"] <= 20 and -1 <= fit["spearman_density_elbo_after"] <= 1
+    assert any(key.startswith("adapters.density.") for key in payload["weights"])
     # Resume: the same run continues from its work file to more steps.
     more, card = adapt(base, encoded, smiles, AdaptConfig(**{**config.to_dict(), "max_steps": 9}), base.digest, "tiny.pt", work)
     assert card["steps"] == 9
