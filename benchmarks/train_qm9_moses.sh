@@ -15,13 +15,16 @@ cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/qm9_moses}
 DATA=${DATA:-../shared/data}
 CARRIED=benchmarks/checkpoints/qm9_moses.pt
+# The repository's virtual environment when there is one: a shell without it on PATH would otherwise
+# find the molgen/ package folder, not the command (a nohup shell did: "molgen: Is a directory").
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 OPTIONS=(qm9 "moses=$DATA/moses/train.csv.gz" --qm9-path "$DATA" --aromatic-bonds --kekule-features
          --max-atoms 32 --epochs 1 --batch-size 128 --lr 5e-4 --bond-repair-share 0.15 --val-molecules 500
          --size-buckets 64 --checkpoint-minutes 10 --workers 2 -o "$RUN")
 case "${1:-start}" in
-  start) exec molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9.pt ;;
-  resume) exec molgen train "${OPTIONS[@]}" --resume ;;
-  save) python - "$RUN/checkpoint.pt" "$CARRIED" <<'PY'
+  start) exec "$PY" -m molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9.pt ;;
+  resume) exec "$PY" -m molgen train "${OPTIONS[@]}" --resume ;;
+  save) "$PY" - "$RUN/checkpoint.pt" "$CARRIED" <<'PY'
 import sys
 from molgen.checkpoint import read_checkpoint, save_checkpoint
 payload = read_checkpoint(sys.argv[1])
@@ -29,6 +32,6 @@ payload.pop("train_smiles_hashes", None)
 save_checkpoint(payload, sys.argv[2])
 PY
   ;;
-  carry) mkdir -p "$RUN" && cp "$CARRIED" "$RUN/checkpoint.pt" && exec molgen train "${OPTIONS[@]}" --resume ;;
+  carry) mkdir -p "$RUN" && cp "$CARRIED" "$RUN/checkpoint.pt" && exec "$PY" -m molgen train "${OPTIONS[@]}" --resume ;;
   *) echo "usage: $0 start|resume|save|carry" >&2; exit 2 ;;
 esac
