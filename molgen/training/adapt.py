@@ -242,9 +242,9 @@ def adapt(
     train, held = split_rows(len(encoded.positions), config.val_fraction, config.seed)
     model = extended(loaded.model.cpu(), config.rank)
     index = model.config.adapter.distribution
-    base_sizes = [row for row in loaded.size_distributions]
     sizes = size_distribution(encoded.sizes[train].astype(np.int64), loaded.vocab.max_atoms)
-    size_table = base_sizes[:-1] + [sizes] + base_sizes[-1:]
+    # The base's rows, the new distribution's, then the null one's: the order of the [DIST] ids.
+    size_table = loaded.size_distributions[:-1] + [sizes] + loaded.size_distributions[-1:]
     size_log_probs = torch.log(torch.tensor(size_table, dtype=torch.float32) + 1e-12)
     parameters = trainable(model)
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
