@@ -55,7 +55,7 @@ def test_adapt_accounts_for_every_row_trains_only_the_new_parts_and_resumes(tmp_
                          density_molecules=64, density_samples=4, density_epochs=20)
     payload, card = adapt(base, encoded, smiles, config, base.digest, "tiny.pt", work)
     assert card["steps"] == 6 and sum(card["molecules"]["statuses"].values()) == rows
-    assert set(card["held_out"]) == {"adapted", "null (zero-shot)", "qm9 (zero-shot)"}
+    assert set(card["held_out"]) == {"adapted", "null (zero-shot)", "qm9 (zero-shot)", "null (zero-shot, the set's sizes)"}
     assert all(torch.equal(before[key], value) for key, value in base.model.state_dict().items())  # base untouched
     assert len(payload["calibration"]) == 101 and payload["calibration"] == sorted(payload["calibration"])
     fit = card["density_term"]

@@ -297,8 +297,14 @@ def adapt(
     null_index = model.config.num_distributions
     rows_by = {"adapted": index, "null (zero-shot)": null_index}
     rows_by.update({f"{name} (zero-shot)": position for position, name in enumerate(loaded.distributions)})
+    # The null id under the set's own size histogram: how much of the gain is the sizes alone.
+    own_sizes = size_log_probs.clone()
+    own_sizes[null_index] = size_log_probs[index]
+    tables = {label: size_log_probs for label in rows_by}
+    rows_by["null (zero-shot, the set's sizes)"] = null_index
+    tables["null (zero-shot, the set's sizes)"] = own_sizes
     for label, dist_index in rows_by.items():
-        result = held_out_figures(model, loaded, graphs, held, dist_index, size_log_probs, config.elbo_samples, config.seed)
+        result = held_out_figures(model, loaded, graphs, held, dist_index, tables[label], config.elbo_samples, config.seed)
         figures[label] = {"nll_nats": result["nll_nats"], "nll_stderr": result["nll_stderr"]}
         if label == "adapted":
             calibration = np.quantile(result["log_density"], np.linspace(0, 1, CALIBRATION_QUANTILES)).tolist()
