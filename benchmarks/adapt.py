@@ -97,7 +97,8 @@ def one_set(name: str, base: Path, minutes: float, n: int, seed: int) -> dict:
     scorer = Scorer(adapted, payload["name"])
     own = scorer.score_smiles(held_smiles)["log_density"].to_numpy()
     aurocs = {}
-    for distribution, molecules in base_test_molecules(loaded_base, 1000, seed).items():
+    base_held_out = base_test_molecules(loaded_base, 1000, seed)
+    for distribution, molecules in base_held_out.items():
         other = scorer.score_smiles(molecules)["log_density"].to_numpy()
         aurocs[distribution] = auroc(own[~np.isnan(own)], other[~np.isnan(other)])
 
@@ -112,7 +113,7 @@ def one_set(name: str, base: Path, minutes: float, n: int, seed: int) -> dict:
     for distribution in loaded_base.distributions:
         options = GenerateOptions(n=50, seed=seed, distribution=distribution, apply_filters=False)
         identical &= generate(loaded_base, options)[0].equals(generate(adapted, options)[0])
-        molecules = base_test_molecules(loaded_base, 200, seed).get(distribution, [])
+        molecules = base_held_out.get(distribution, [])[:200]
         identical &= Scorer(loaded_base, distribution).score_smiles(molecules).equals(
             Scorer(adapted, distribution).score_smiles(molecules))
     return {

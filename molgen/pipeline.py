@@ -19,11 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 
 from molgen.checkpoint import LoadedModel
-from molgen.checks import CheckConfig, run_checks
+from molgen.checks import OPERATORS, CheckConfig, run_checks
 from molgen.chemistry import canonical_smiles
 from molgen.decode import decode_constrained, decode_raw
 from molgen.guidance import Target
@@ -130,8 +131,8 @@ def generate(
     checks = run_checks(frame["smiles"].tolist(), check_config, index=frame.index)
     frame["passed_checks"] = checks["passed_checks"]
     if options.targets:
-        frame["on_target"] = [checks.at[row, "status"] == "ok" and all(
-            window.holds(checks.loc[row]) for window in target_windows) for row in frame.index]
+        inside = [OPERATORS[window.op](checks[window.prop], window.value) for window in target_windows]
+        frame["on_target"] = (checks["status"] == "ok") & np.logical_and.reduce(inside)
     frame["failed_checks"] = checks["failed_checks"]
     properties = checks.drop(columns=["status", "reason", "passed_checks", "failed_checks"])
     frame = pd.concat([frame, properties], axis=1)

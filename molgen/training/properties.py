@@ -28,6 +28,7 @@ from molgen.chemistry import parse_smiles_with_reason
 from molgen.model import denoise
 from molgen.model.properties import PropertyConfig
 from molgen.noise import q_sample, symmetric_noise
+from molgen.tokenizer import pair_mask_of
 from molgen.training.data import TrainingData, held_out_rows
 from molgen.training.distill import read_frozen_model
 
@@ -82,7 +83,7 @@ def _noisy(model, noise, batch, t, generator):
     atom_noise = torch.randn(x_atoms.shape, generator=generator, device=x_atoms.device)
     bond_noise = symmetric_noise(x_bonds.shape, generator, x_bonds.device, x_bonds.dtype)
     atom_mask = batch.mask[..., None].float()
-    pair_mask = (batch.mask[:, :, None] & batch.mask[:, None, :])[..., None].float()
+    pair_mask = pair_mask_of(batch.mask)[..., None].float()
     return (q_sample(x_atoms, t, noise.atoms, atom_noise) * atom_mask,
             q_sample(x_bonds, t, noise.bonds, bond_noise) * pair_mask)
 
