@@ -30,3 +30,11 @@ def filter_frame(molecules, model=None, **options):
     from molgen.api import filter_frame as _filter_frame
 
     return _filter_frame(molecules, model, **options)
+
+
+def screen_ray(source, output=None, **options):
+    """Score (with ``filter_spec``: filter) files or a ``ray.data.Dataset`` on a Ray cluster; needs
+    ``pip install "molgen[ray]"`` (see :func:`molgen.screen_ray.screen_ray`)."""
+    from molgen.screen_ray import screen_ray as _screen_ray
+
+    return _screen_ray(source, output, **options)

@@ -71,9 +71,13 @@ def file_format(path: str | os.PathLike) -> str:
 
 
 def read_molecules(
-    path: str | os.PathLike, smiles_column: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+    path: str | os.PathLike, smiles_column: str | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+    start: int = 0, stop: int | None = None,
 ) -> Iterator[Chunk]:
-    """Stream ``path`` in chunks; ``smiles_column`` defaults to a column named smiles (any case)."""
+    """Stream ``path`` in chunks; ``smiles_column`` defaults to a column named smiles (any case).
+
+    ``start`` and ``stop`` read only the rows ``start <= row < stop`` (a shard of the file; the index
+    keeps the row numbers of the whole file). A range without rows yields one empty chunk."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"input {str(path)!r} is a directory: give one molecule file")
@@ -81,12 +85,60 @@ def read_molecules(
         raise InputError(f"input file {str(path)!r} does not exist")
     suffix = file_format(path)
     if suffix in TABLE_FORMATS:
-        return _read_table(path, TABLE_FORMATS[suffix], smiles_column, chunk_size)
+        return _read_table(path, TABLE_FORMATS[suffix], smiles_column, chunk_size, _Rows(start, stop))
     if suffix in SMILES_FORMATS:
-        return _read_smi(path, chunk_size)
+        return _read_smi(path, chunk_size, _Rows(start, stop))
     if suffix in SDF_FORMATS:
-        return _read_sdf(path, chunk_size)
-    return _read_parquet(path, smiles_column, chunk_size)
+        return _read_sdf(path, chunk_size, _Rows(start, stop))
+    return _read_parquet(path, smiles_column, chunk_size, _Rows(start, stop))
+
+
+def count_rows(path: str | os.PathLike, smiles_column: str | None = None) -> int:
+    """The number of rows :func:`read_molecules` yields for ``path`` (header excluded), without
+    building them: what a planner needs to cut a file into shards."""
+    read_molecules(path, smiles_column, 1)  # the same checks: format, header, SMILES column
+    path = Path(path)
+    suffix = file_format(path)
+    if suffix in PARQUET_FORMATS:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if suffix in SDF_FORMATS:
+        raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+        with raw:
+            return sum(1 for _ in Chem.ForwardSDMolSupplier(raw, sanitize=False, removeHs=False))
+    with _open_text(path) as handle:
+        if suffix in SMILES_FORMATS:
+            return sum(1 for _ in handle)
+        return sum(1 for _ in csv.reader(handle, delimiter=TABLE_FORMATS[suffix])) - 1
+
+
+@dataclass
+class _Rows:
+    """The row range a reader yields, and the position of its next chunk."""
+
+    start: int = 0
+    stop: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or (self.stop is not None and self.stop < self.start):
+            raise ValueError(f"bad row range {self.start}..{self.stop}")
+        self.next_chunk = self.start
+
+    def before(self, row: int) -> bool:
+        return row < self.start
+
+    def after(self, row: int) -> bool:
+        return self.stop is not None and row >= self.stop
+
+    def take(self, count: int) -> int:
+        """The index of a chunk of ``count`` rows about to be yielded."""
+        first, self.next_chunk = self.next_chunk, self.next_chunk + count
+        return first
+
+    @property
+    def nothing_yielded(self) -> bool:
+        return self.next_chunk == self.start
 
 
 def resolve_smiles_column(columns: list[str], requested: str | None) -> str:
@@ -119,39 +171,42 @@ def _escape(match: re.Match) -> str:
     return f"\\x{code - 0xDC00 if code >= 0xDC00 else code:02x}"
 
 
-def _read_table(path: Path, sep: str, smiles_column: str | None, chunk_size: int) -> Iterator[Chunk]:
+def _read_table(path: Path, sep: str, smiles_column: str | None, chunk_size: int, span: _Rows) -> Iterator[Chunk]:
     with _open_text(path) as handle:
         header = next(csv.reader(handle, delimiter=sep), None)
     if not header or not any(name.strip() for name in header):
         raise InputError(f"{path.name} is empty: a {path.suffix.lstrip('.').upper()} file needs a header line"
                          " naming its columns")
     column = resolve_smiles_column(header, smiles_column)  # fail before any work
-    return _table_chunks(path, sep, [as_text(name) for name in header], header.index(column), chunk_size)
+    return _table_chunks(path, sep, [as_text(name) for name in header], header.index(column), chunk_size, span)
 
 
-def _table_chunks(path: Path, sep: str, header: list[str], position: int, chunk_size: int) -> Iterator[Chunk]:
+def _table_chunks(path: Path, sep: str, header: list[str], position: int, chunk_size: int,
+                  span: _Rows) -> Iterator[Chunk]:
     """Rows in order, quoted fields (separators, newlines) honoured; a blank line is a row of empty
     fields, and a line with the wrong number of fields is kept with a read error naming the count,
     so a malformed line never stops a run."""
     width = len(header)
     rows: list[list[str]] = []
     errors: list[str | None] = []
-    start = 0
     with _open_text(path) as handle:
         reader = csv.reader(handle, delimiter=sep)
         next(reader, None)  # the header
-        for line_fields in reader:
+        for row, line_fields in enumerate(reader):
+            if span.before(row):
+                continue
+            if span.after(row):
+                break
             error = None
             if line_fields and len(line_fields) != width:
                 error = f"line has {len(line_fields)} fields, the header has {width}"
             rows.append((line_fields + [""] * width)[:width])
             errors.append(error)
             if len(rows) == chunk_size:
-                yield _table_chunk(rows, errors, header, position, start)
-                start += len(rows)
+                yield _table_chunk(rows, errors, header, position, span.take(len(rows)))
                 rows, errors = [], []
-    if rows or not start:
-        yield _table_chunk(rows, errors, header, position, start)
+    if rows or span.nothing_yielded:
+        yield _table_chunk(rows, errors, header, position, span.take(len(rows)))
 
 
 def _table_chunk(rows: list[list[str]], errors: list, header: list[str], position: int, start: int) -> Chunk:
@@ -161,21 +216,23 @@ def _table_chunk(rows: list[list[str]], errors: list, header: list[str], positio
     return Chunk(frame, smiles, errors, header[position])
 
 
-def _read_smi(path: Path, chunk_size: int) -> Iterator[Chunk]:
+def _read_smi(path: Path, chunk_size: int, span: _Rows) -> Iterator[Chunk]:
     """One molecule per line: SMILES, then optionally spaces or tabs and a name (the .smi convention);
     a line is split at its first blank only, so a SMILES with other characters fails as a whole."""
-    start = 0
     rows: list[tuple[str, str]] = []
     with _open_text(path) as handle:
-        for line in handle:
+        for row, line in enumerate(handle):
+            if span.before(row):
+                continue
+            if span.after(row):
+                break
             parts = _SMI_SEPARATOR.split(line.strip(SURROUNDING_BLANKS), maxsplit=1)
             rows.append((parts[0], parts[1] if len(parts) > 1 else ""))
             if len(rows) == chunk_size:
-                yield _smi_chunk(rows, start)
-                start += len(rows)
+                yield _smi_chunk(rows, span.take(len(rows)))
                 rows = []
-    if rows or not start:
-        yield _smi_chunk(rows, start)
+    if rows or span.nothing_yielded:
+        yield _smi_chunk(rows, span.take(len(rows)))
 
 
 _SMI_SEPARATOR = re.compile("[ \t]+")
@@ -187,25 +244,27 @@ def _smi_chunk(rows: list[tuple[str, str]], start: int) -> Chunk:
     return Chunk(frame, [s or None for s, _ in rows], [None] * len(rows))
 
 
-def _read_sdf(path: Path, chunk_size: int) -> Iterator[Chunk]:
+def _read_sdf(path: Path, chunk_size: int, span: _Rows) -> Iterator[Chunk]:
     raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
     with raw:
         supplier = Chem.ForwardSDMolSupplier(raw, sanitize=False, removeHs=False)
         records: list[dict] = []
         smiles: list[str | None] = []
         errors: list[str | None] = []
-        start = 0
         for number, mol in enumerate(supplier):
+            if span.before(number):
+                continue
+            if span.after(number):
+                break
             record, text, error = _sdf_record(mol, number)
             records.append(record)
             smiles.append(text)
             errors.append(error)
             if len(records) == chunk_size:
-                yield _sdf_chunk(records, smiles, errors, start)
-                start += len(records)
+                yield _sdf_chunk(records, smiles, errors, span.take(len(records)))
                 records, smiles, errors = [], [], []
-        if records or not start:
-            yield _sdf_chunk(records, smiles, errors, start)
+        if records or span.nothing_yielded:
+            yield _sdf_chunk(records, smiles, errors, span.take(len(records)))
 
 
 def _sdf_record(mol: Chem.Mol | None, number: int) -> tuple[dict, str | None, str | None]:
@@ -228,19 +287,32 @@ def _sdf_chunk(records: list[dict], smiles: list, errors: list, start: int) -> C
     return Chunk(frame.astype(str).map(lambda v: as_text(v) if isinstance(v, str) else v), smiles, errors)
 
 
-def _read_parquet(path: Path, smiles_column: str | None, chunk_size: int) -> Iterator[Chunk]:
+def _read_parquet(path: Path, smiles_column: str | None, chunk_size: int, span: _Rows) -> Iterator[Chunk]:
     try:
         import pyarrow.parquet as pq
     except ImportError as error:
         raise InputError("reading Parquet needs pyarrow: pip install 'molgen[parquet]'") from error
     parquet = pq.ParquetFile(path)
     column = resolve_smiles_column(parquet.schema_arrow.names, smiles_column)
-    start = 0
+    first = 0  # the file row of the batch's first row
     for batch in parquet.iter_batches(batch_size=chunk_size):
-        yield _parquet_chunk(batch.to_pandas(), column, start)
-        start += batch.num_rows
-    if not start:
-        yield _parquet_chunk(parquet.schema_arrow.empty_table().to_pandas(), column, 0)
+        if span.after(first):
+            break
+        rows = batch.slice(max(span.start - first, 0))
+        if span.stop is not None:
+            rows = rows.slice(0, max(span.stop - max(first, span.start), 0))
+        first += batch.num_rows
+        if rows.num_rows:
+            yield _parquet_chunk(rows.to_pandas(), column, span.take(rows.num_rows))
+    if span.nothing_yielded:
+        yield _parquet_chunk(parquet.schema_arrow.empty_table().to_pandas(), column, span.take(0))
+
+
+def chunk_of_frame(frame: pd.DataFrame, smiles_column: str | None = None) -> Chunk:
+    """A frame already in memory (a batch of a Ray dataset, a notebook's table) as a :class:`Chunk`,
+    read as a Parquet batch is: a missing or empty SMILES cell is a row without a molecule."""
+    column = resolve_smiles_column([str(c) for c in frame.columns], smiles_column)
+    return _parquet_chunk(frame.copy(), column, 0)
 
 
 def _parquet_chunk(frame: pd.DataFrame, column: str, start: int) -> Chunk:

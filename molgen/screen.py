@@ -106,6 +106,30 @@ def filter_columns(scores: pd.DataFrame, checks: pd.DataFrame | None, spec: Filt
     )
 
 
+def screened_rows(chunk: Chunk, scores: pd.DataFrame, filter_spec: FilterSpec | None, keep_failed: bool,
+                  summary: ScreenSummary, pool: ProcessPoolExecutor | None = None) -> pd.DataFrame:
+    """One chunk's output: its columns and scores, and under a filter the checks' properties and the
+    verdict, less the failing rows unless ``keep_failed``; the filter's counts go to ``summary``."""
+    output = append_results(chunk.frame, scores)
+    if filter_spec is None:
+        return output
+    checks = None
+    if filter_spec.checks.rules or filter_spec.checks.alerts or filter_spec.checks.windows:
+        # The checks parse each SMILES again. Doing them in the encoding worker instead,
+        # one parse per row, was measured slower (QM9, 2 cores: 927 against 1,155 rows/s):
+        # there they compete with inference; here both workers take them while it waits.
+        checks = run_checks(chunk.smiles, filter_spec.checks, chunk.read_error, pool, chunk.frame.index)
+    verdict = filter_columns(scores, checks, filter_spec)
+    if checks is not None:
+        properties = checks.drop(columns=["status", "reason", "passed_checks", "failed_checks"])
+        output = append_results(output, properties)
+    output = append_results(output, verdict)
+    for text in verdict["failed_checks"]:
+        summary.removed_by.update({item.split(":")[0] for item in text.split(";") if item})
+    summary.passed += int(verdict["passed"].sum())
+    return output if keep_failed else output[verdict["passed"].to_numpy()]
+
+
 def screen_file(
     input_path: str | Path,
     output_path: str | Path,
@@ -127,6 +151,25 @@ def screen_file(
     writer = TableWriter(output_path, resume=resume)
     summary = ScreenSummary.resumed(writer.resumed_state, writer.source_rows_done)
     chunks = _skip_rows(read_molecules(input_path, smiles_column, chunk_size), writer.source_rows_done)
+    screen_chunks(chunks, writer, scorer, summary, workers, strict, filter_spec, keep_failed, on_chunk)
+    return summary
+
+
+def screen_chunks(
+    chunks: Iterator[Chunk],
+    writer: TableWriter,
+    scorer: Scorer,
+    summary: ScreenSummary,
+    workers: int = 1,
+    strict: bool = False,
+    filter_spec: FilterSpec | None = None,
+    keep_failed: bool = False,
+    on_chunk: Callable[[ScreenSummary], None] | None = None,
+    row_id_offset: int | None = None,
+) -> None:
+    """The run of :func:`screen_file` over any chunks (a whole file, or one shard of it), counted into
+    ``summary`` and closed into ``writer``'s file; with ``row_id_offset`` each output row starts with
+    ``row_id`` = offset + its row number in the chunk's file (a sharded run's rows are put back in order by it)."""
     vocab_dict = scorer.loaded.vocab.to_dict()
     pool = process_pool(workers) if workers > 1 else None
     try:
@@ -135,24 +178,11 @@ def screen_file(
             if strict and (scores["status"] != "ok").any():
                 row = int(scores.index[(scores["status"] != "ok").to_numpy().argmax()])
                 raise StrictFailure(f"row {row + 1}: {scores.at[row, 'status']}: {scores.at[row, 'reason']} (--strict)")
-            output = append_results(chunk.frame, scores)
-            if filter_spec is not None:
-                checks = None
-                if filter_spec.checks.rules or filter_spec.checks.alerts or filter_spec.checks.windows:
-                    # The checks parse each SMILES again. Doing them in the encoding worker instead,
-                    # one parse per row, was measured slower (QM9, 2 cores: 927 against 1,155 rows/s):
-                    # there they compete with inference; here both workers take them while it waits.
-                    checks = run_checks(chunk.smiles, filter_spec.checks, chunk.read_error, pool, chunk.frame.index)
-                verdict = filter_columns(scores, checks, filter_spec)
-                if checks is not None:
-                    properties = checks.drop(columns=["status", "reason", "passed_checks", "failed_checks"])
-                    output = append_results(output, properties)
-                output = append_results(output, verdict)
-                for text in verdict["failed_checks"]:
-                    summary.removed_by.update({item.split(":")[0] for item in text.split(";") if item})
-                summary.passed += int(verdict["passed"].sum())
-                if not keep_failed:
-                    output = output[verdict["passed"].to_numpy()]
+            output = screened_rows(chunk, scores, filter_spec, keep_failed, summary, pool)
+            if row_id_offset is not None:
+                output = output.copy()
+                output.insert(0, "row_id_molgen" if "row_id" in output.columns else "row_id",
+                              row_id_offset + output.index.to_numpy())
             summary.rows += len(chunk)
             summary.written += len(output)
             summary.statuses.update(scores["status"].tolist())
@@ -168,7 +198,6 @@ def screen_file(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return summary
 
 
 def check_file(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -34,7 +36,8 @@ EXIT_CODES: list[tuple[tuple[type[BaseException], ...], int]] = [
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote SMILES and commands, whose brackets are not markup ([Na+], molgen[ray]).
+    console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -70,8 +73,58 @@ def check_config(rule: list[str], alerts: str, prop: list[str]) -> CheckConfig:
 
 
 # Option builders: each command gets a fresh declaration (Typer reads them, they hold no state).
-def input_argument() -> Any:
-    return typer.Argument(..., help="CSV/TSV, .smi, SDF or Parquet file (optionally .gz).")
+def input_argument(help: str = "CSV/TSV, .smi, SDF or Parquet file (optionally .gz).") -> Any:
+    return typer.Argument(..., help=help)
+
+
+SCREEN_INPUT = ("CSV/TSV, .smi, SDF or Parquet file (optionally .gz); with --engine ray also a folder or a "
+                "quoted glob of them.")
+RAY_PANEL = "Engine"
+
+
+@dataclass
+class EngineOptions:
+    """Where ``score`` and ``filter`` run: this machine, or a Ray cluster (``molgen.screen_ray``)."""
+
+    engine: str
+    address: str | None
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    shard_rows: int
+    part_format: str
+
+
+# The Ray engine's options, shown in their own panel of --help.
+def engine_option() -> Any:
+    return typer.Option("local", help="local: this machine; ray: a Ray cluster, OUTPUT then a folder of parts "
+                        "plus a manifest (pip install 'molgen[ray]').", rich_help_panel=RAY_PANEL)
+
+
+def address_option() -> Any:
+    return typer.Option(None, help="Ray cluster: 'auto' (the one this machine belongs to) or 'ray://host:10001'; "
+                        "default: a local instance.", rich_help_panel=RAY_PANEL)
+
+
+def actors_option() -> Any:
+    return typer.Option(1, min=1, help="Ray actors (each loads the model once).", rich_help_panel=RAY_PANEL)
+
+
+def cpus_per_actor_option() -> Any:
+    return typer.Option(1.0, min=0.1, help="CPUs per Ray actor (its torch threads).", rich_help_panel=RAY_PANEL)
+
+
+def gpus_per_actor_option() -> Any:
+    return typer.Option(0.0, min=0.0, help="GPUs per Ray actor (the model then runs on CUDA).",
+                        rich_help_panel=RAY_PANEL)
+
+
+def shard_rows_option() -> Any:
+    return typer.Option(100_000, min=1, help="Rows per Ray shard: one task, one part file.", rich_help_panel=RAY_PANEL)
+
+
+def part_format_option() -> Any:
+    return typer.Option("parquet", help="Ray part files: parquet, csv, csv.gz or tsv.", rich_help_panel=RAY_PANEL)
 
 
 def output_option(help: str = "Output .csv/.tsv (optionally .gz) or .parquet.") -> Any:

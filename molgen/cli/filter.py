@@ -15,7 +15,7 @@ from molgen.screen import FilterSpec
 
 
 def filter_command(
-    input: Path = common.input_argument(),
+    input: Path = common.input_argument(common.SCREEN_INPUT),
     output: Path = common.output_option(),
     min_percentile: float = typer.Option(
         DEFAULT_MIN_PERCENTILE, min=0.0, max=100.0, help="Keep rows at or above this density percentile (0: no "
@@ -35,11 +35,19 @@ def filter_command(
     device: str = common.device_option(),
     distribution: Optional[str] = common.distribution_option("Training distribution to score against ('null' = generic)."),
     threads: Optional[int] = common.threads_option(),
+    engine: str = common.engine_option(),
+    address: Optional[str] = common.address_option(),
+    actors: int = common.actors_option(),
+    cpus_per_actor: float = common.cpus_per_actor_option(),
+    gpus_per_actor: float = common.gpus_per_actor_option(),
+    shard_rows: int = common.shard_rows_option(),
+    part_format: str = common.part_format_option(),
 ) -> None:
     """Score plus RDKit checks; write the rows that pass (all rows with --keep-failed)."""
     spec = FilterSpec(min_percentile=min_percentile, checks=common.check_config(rule, alerts, prop))
+    on = common.EngineOptions(engine, address, actors, cpus_per_actor, gpus_per_actor, shard_rows, part_format)
     summary = screen(input, output, checkpoint, smiles_column, False, batch_size, workers, chunk_size, strict,
-                     resume, device, threads, distribution, spec, keep_failed)
+                     resume, device, threads, distribution, spec, keep_failed, on)
     out = Console()
     for name, count in summary.removed_by.most_common():
         out.print(f"  removed by {name}: {count:,}", highlight=False)

@@ -18,7 +18,7 @@ from molgen.screen import FilterSpec, ScreenSummary, screen_file
 
 
 def score(
-    input: Path = common.input_argument(),
+    input: Path = common.input_argument(common.SCREEN_INPUT),
     output: Path = common.output_option(),
     smiles_column: Optional[str] = common.smiles_column_option(),
     checkpoint: Optional[Path] = common.checkpoint_option(),
@@ -31,18 +31,31 @@ def score(
     device: str = common.device_option(),
     distribution: Optional[str] = common.distribution_option("Training distribution to score against ('null' = generic)."),
     threads: Optional[int] = common.threads_option(),
+    engine: str = common.engine_option(),
+    address: Optional[str] = common.address_option(),
+    actors: int = common.actors_option(),
+    cpus_per_actor: float = common.cpus_per_actor_option(),
+    gpus_per_actor: float = common.gpus_per_actor_option(),
+    shard_rows: int = common.shard_rows_option(),
+    part_format: str = common.part_format_option(),
 ) -> None:
     """Append log_density, density_percentile, status and reason to every row of a molecule file."""
+    on = common.EngineOptions(engine, address, actors, cpus_per_actor, gpus_per_actor, shard_rows, part_format)
     screen(input, output, checkpoint, smiles_column, exact, batch_size, workers, chunk_size, strict, resume,
-           device, threads, distribution, None, False)
+           device, threads, distribution, None, False, on)
 
 
 def screen(
     input: Path, output: Path, checkpoint: Optional[Path], smiles_column: Optional[str], exact: bool,
     batch_size: int, workers: int, chunk_size: int, strict: bool, resume: bool, device: str, threads: Optional[int],
-    distribution: Optional[str], filter_spec: Optional[FilterSpec], keep_failed: bool,
+    distribution: Optional[str], filter_spec: Optional[FilterSpec], keep_failed: bool, on: common.EngineOptions,
 ) -> ScreenSummary:
     """The run of ``score`` and ``filter``: a progress bar of rows, then the rows per status."""
+    if on.engine not in {"local", "ray"}:
+        raise common.fail(f"--engine {on.engine!r}: use local or ray", 2)
+    if on.engine == "ray":
+        return screen_on_ray(input, output, checkpoint, smiles_column, exact, batch_size, chunk_size, strict, resume,
+                             distribution, filter_spec, keep_failed, on)
     common.compute_on(device, threads)
     with common.exit_codes():
         scorer = Scorer(load_model(checkpoint, device=device), distribution, device, batch_size, exact)
@@ -58,6 +71,37 @@ def screen(
     out.print(f"{input} -> {output}: {summary.rows:,} rows"
               + (f" ({summary.skipped_on_resume:,} done before --resume)" if summary.skipped_on_resume else "")
               + f"; {new_rows:,} in {seconds:.1f} s ({new_rows / max(seconds, 1e-9):,.0f} rows/s)",
+              highlight=False, soft_wrap=True)
+    for name, count in sorted(summary.statuses.items()):
+        out.print(f"  status {name}: {count:,}", highlight=False)
+    return summary
+
+
+def screen_on_ray(
+    input: Path, output: Path, checkpoint: Optional[Path], smiles_column: Optional[str], exact: bool,
+    batch_size: int, chunk_size: int, strict: bool, resume: bool, distribution: Optional[str],
+    filter_spec: Optional[FilterSpec], keep_failed: bool, on: common.EngineOptions,
+) -> ScreenSummary:
+    """``--engine ray``: the shards on a Ray actor pool under the same progress bar; then the rows per
+    status and where the parts and manifest are."""
+    from molgen.screen_ray import MANIFEST, connect, screen_ray
+
+    with common.exit_codes():
+        connect(on.address, quiet=True)
+    started = time.perf_counter()
+    with common.exit_codes(f"interrupted; continue with the same command and --resume (finished parts in {output} kept)"):
+        summary = common.streamed("scoring" if filter_spec is None else "filtering", lambda on_chunk: screen_ray(
+            str(input), output, checkpoint=checkpoint, distribution=distribution, smiles_column=smiles_column,
+            filter_spec=filter_spec, keep_failed=keep_failed, exact=exact, strict=strict, actors=on.actors,
+            cpus_per_actor=on.cpus_per_actor, gpus_per_actor=on.gpus_per_actor, batch_size=batch_size,
+            chunk_size=chunk_size, shard_rows=on.shard_rows, part_format=on.part_format, resume=resume,
+            address=on.address, on_shard=on_chunk))
+    seconds = time.perf_counter() - started
+    new_rows = summary.rows - summary.skipped_on_resume
+    out = Console()
+    out.print(f"{input} -> {output}/ ({summary.shards} parts, {output / MANIFEST}): {summary.rows:,} rows"
+              + (f" ({summary.shards_skipped_on_resume} parts done before --resume)" if summary.skipped_on_resume else "")
+              + f"; {new_rows:,} in {seconds:.1f} s ({new_rows / max(seconds, 1e-9):,.0f} rows/s, {on.actors} actors)",
               highlight=False, soft_wrap=True)
     for name, count in sorted(summary.statuses.items()):
         out.print(f"  status {name}: {count:,}", highlight=False)
