@@ -1,6 +1,14 @@
 """Screening throughput and memory of `molgen score`, beside a plain RDKit parse-only pass.
 
     python benchmarks/screen.py [--repeats 3] [--moses-subset 200000] [--skip-full]
+    python benchmarks/screen.py --engine ray --checkpoint CKPT --dist moses [--sizes 20000,80000]
+
+``--engine ray``: prefixes of MOSES train scored by the Ray engine with 1 and 2 actors (one CPU
+each, a local Ray instance started by each run) beside the local engine on both cores, each run its
+own process timed end to end (Ray's start and the actors' model loading included). The per-actor
+rate is the parts' rows over the actors' time on them (from the manifest): the figure to multiply
+by a cluster's actor count. Peak memory per actor comes from the actors themselves (largest
+resident set over the run), so its flatness across the prefix sizes is the claim "flat with file size".
 
 Inputs: QM9 (134k rows, all in the model's domain: every row goes through the model) and MOSES
 train (1.6M drug-like rows, nearly all out of the QM9 model's domain: parsing and domain checks),
@@ -14,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from _common import SHARED_DATA, write_results
@@ -63,13 +73,62 @@ def measure(path: Path, rows: int, repeats: int, workers: int) -> dict:
     return result
 
 
+def ray_engine(args: argparse.Namespace) -> None:
+    sizes = [int(size) for size in args.sizes.split(",")]
+    with gzip.open(SHARED_DATA / "moses" / "train.csv.gz", "rt") as handle:
+        lines = [next(handle) for _ in range(max(sizes) + 1)]
+    folder = Path(tempfile.mkdtemp())
+    model = [] if args.checkpoint is None else ["--checkpoint", args.checkpoint]
+    model += [] if args.dist is None else ["--dist", args.dist]
+    results, table = [], []
+    for size in sizes:
+        prefix = folder / f"moses_{size}.csv"
+        prefix.write_text("".join(lines[: size + 1]))
+        score = [sys.executable, "-m", "molgen", "score", str(prefix), *model, "--chunk-size", "5000"]
+        runs = {"local engine, 2 cores": score + ["-o", str(folder / "local.csv"), "--workers", "2"]}
+        for actors in (1, 2):
+            runs[f"ray, {actors} actor{'s' * (actors > 1)} x 1 CPU"] = score + [
+                "-o", str(folder / f"ray{actors}"), "--engine", "ray", "--actors", str(actors), "--cpus-per-actor", "1",
+                "--shard-rows", str(args.shard_rows), "--part-format", "csv"]
+        for name, command in runs.items():
+            measured = [timed(command) for _ in range(args.repeats)]
+            seconds = statistics.median(s for s, _ in measured)
+            row = {"rows": size, "run": name, "seconds": seconds, "rows_per_second": size / seconds,
+                   "driver_peak_rss_mib": statistics.median(m for _, m in measured)}
+            if "ray" in name:
+                manifest = json.loads((Path(command[command.index("-o") + 1]) / "_manifest.json").read_text())
+                parts = manifest["parts"]
+                assert manifest["rows"] == size and sum(sum(p["statuses"].values()) for p in parts) == size
+                row["per_actor_rows_per_second"] = size / sum(p["seconds"] for p in parts)
+                row["actor_peak_rss_mib"] = max(p["peak_rss_mib"] for p in parts)
+                row["statuses"] = dict(sum((Counter(p["statuses"]) for p in parts), Counter()))
+            results.append(row)
+            table.append((f"{size:,}", name, f"{row['rows_per_second']:,.0f}",
+                          f"{row['per_actor_rows_per_second']:,.0f}" if "ray" in name else "",
+                          f"{row['actor_peak_rss_mib']:,.0f}" if "ray" in name else "", f"{row['driver_peak_rss_mib']:,.0f}"))
+    write_results("screen_ray", {"checkpoint": args.checkpoint, "dist": args.dist, "shard_rows": args.shard_rows,
+                                 "repeats": args.repeats, "results": results}, table,
+                  ("MOSES rows", "run", "rows/s end to end", "rows/s per actor (its shards)", "peak MiB per actor",
+                   "peak MiB driver"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, help="Runs per measurement (default 3; 1 with --engine ray).")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--moses-subset", type=int, default=200_000)
     parser.add_argument("--skip-full", action="store_true", help="Leave out the full 1.6M-row MOSES file.")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local")
+    parser.add_argument("--checkpoint", help="--engine ray: the model (default: the bundled one).")
+    parser.add_argument("--dist", help="--engine ray: the distribution to score against.")
+    parser.add_argument("--sizes", default="20000,80000", help="--engine ray: MOSES prefix sizes.")
+    parser.add_argument("--shard-rows", type=int, default=10_000)
     args = parser.parse_args()
+    if args.engine == "ray":
+        args.repeats = args.repeats or 1
+        ray_engine(args)
+        return
+    args.repeats = args.repeats or 3
 
     moses = SHARED_DATA / "moses" / "train.csv.gz"
     with gzip.open(moses, "rt") as handle:

@@ -21,6 +21,7 @@ import glob
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -172,7 +173,7 @@ class ShardScreener:
         except StrictFailure as error:  # the driver stops the run with it
             return {"number": shard.number, "strict_failure": f"{Path(shard.path).name}: {error}"}
         record = {"number": shard.number, "seconds": time.perf_counter() - started, "pid": os.getpid(),
-                  **summary.to_dict()}
+                  "peak_rss_mib": _peak_rss_mib(), **summary.to_dict()}
         _write_json(self.output / RECORDS / f"{shard.number:05d}.json", record)
         return record
 
@@ -191,6 +192,14 @@ class BatchScreener:
         encoded = encode_smiles(chunk.smiles, chunk.read_error, self.vocab_dict)
         scores = self.scorer.score_encoded(encoded, chunk.frame.index)
         return screened_rows(chunk, scores, self.options.filter_spec, self.options.keep_failed, ScreenSummary())
+
+
+def _peak_rss_mib() -> float:
+    """This actor's largest resident memory so far (what a cluster's memory per actor must allow)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def _plain(value):
@@ -350,7 +359,8 @@ def _write_manifest(output: Path, plan: dict, shards: list[Shard], done: dict[in
         raise RuntimeError("rows read differ from the plan (did an input change during the run?): " + "; ".join(wrong))
     parts = [{"part": part_name(s.number, part_format), "input": s.path, "rows": [s.start, s.stop],
               "row_ids": [s.row_id_offset + s.start, s.row_id_offset + s.stop],
-              **{key: done[s.number][key] for key in ("written", "passed", "statuses", "removed_by")}}
+              **{key: done[s.number].get(key) for key in ("written", "passed", "statuses", "removed_by", "seconds",
+                                                          "pid", "peak_rss_mib")}}
              for s in shards]
     total = sum(item["rows"] for item in plan["inputs"])
     _write_json(output / MANIFEST, {"inputs": plan["inputs"], "rows": total,
