@@ -169,6 +169,8 @@ def test_usage_errors_of_the_ray_engine_are_one_line(ray_instance, tiny_checkpoi
     assert result.exit_code == 2 and "no file matches" in result.output
     result = runner.invoke(app, base + ["-o", str(tmp_path / "o"), "--smiles-column", "mol", "--part-format", "xls"])
     assert result.exit_code == 2 and "unknown part format" in result.output
+    result = runner.invoke(app, base + ["-o", str(tmp_path / "o"), "--smiles-column", "mol", "--device", "cuda"])
+    assert result.exit_code == 2 and "--gpus-per-actor" in result.output
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     result = runner.invoke(app, base + ["-o", str(tmp_path / "o"), "--smiles-column", "mol"])
     assert result.exit_code == 2 and "pip install 'molgen[ray]'" in result.output

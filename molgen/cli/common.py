@@ -79,7 +79,6 @@ def input_argument(help: str = "CSV/TSV, .smi, SDF or Parquet file (optionally .
 
 SCREEN_INPUT = ("CSV/TSV, .smi, SDF or Parquet file (optionally .gz); with --engine ray also a folder or a "
                 "quoted glob of them.")
-RAY_PANEL = "Engine"
 
 
 @dataclass
@@ -95,36 +94,35 @@ class EngineOptions:
     part_format: str
 
 
-# The Ray engine's options, shown in their own panel of --help.
+# The Ray engine's options (--engine ray).
 def engine_option() -> Any:
     return typer.Option("local", help="local: this machine; ray: a Ray cluster, OUTPUT then a folder of parts "
-                        "plus a manifest (pip install 'molgen[ray]').", rich_help_panel=RAY_PANEL)
+                        "plus a manifest (pip install 'molgen[ray]').")
 
 
 def address_option() -> Any:
     return typer.Option(None, help="Ray cluster: 'auto' (the one this machine belongs to) or 'ray://host:10001'; "
-                        "default: a local instance.", rich_help_panel=RAY_PANEL)
+                        "default: a local instance.")
 
 
 def actors_option() -> Any:
-    return typer.Option(1, min=1, help="Ray actors (each loads the model once).", rich_help_panel=RAY_PANEL)
+    return typer.Option(1, min=1, help="Ray actors (each loads the model once).")
 
 
 def cpus_per_actor_option() -> Any:
-    return typer.Option(1.0, min=0.1, help="CPUs per Ray actor (its torch threads).", rich_help_panel=RAY_PANEL)
+    return typer.Option(1.0, min=0.1, help="CPUs per Ray actor (its torch threads).")
 
 
 def gpus_per_actor_option() -> Any:
-    return typer.Option(0.0, min=0.0, help="GPUs per Ray actor (the model then runs on CUDA).",
-                        rich_help_panel=RAY_PANEL)
+    return typer.Option(0.0, min=0.0, help="GPUs per Ray actor (the model then runs on CUDA).")
 
 
 def shard_rows_option() -> Any:
-    return typer.Option(100_000, min=1, help="Rows per Ray shard: one task, one part file.", rich_help_panel=RAY_PANEL)
+    return typer.Option(100_000, min=1, help="Rows per Ray shard: one task, one part file.")
 
 
 def part_format_option() -> Any:
-    return typer.Option("parquet", help="Ray part files: parquet, csv, csv.gz or tsv.", rich_help_panel=RAY_PANEL)
+    return typer.Option("parquet", help="Ray part files: parquet, csv, csv.gz or tsv.")
 
 
 def output_option(help: str = "Output .csv/.tsv (optionally .gz) or .parquet.") -> Any:

@@ -54,6 +54,8 @@ def screen(
     if on.engine not in {"local", "ray"}:
         raise common.fail(f"--engine {on.engine!r}: use local or ray", 2)
     if on.engine == "ray":
+        if device != "cpu":
+            raise common.fail("with --engine ray the actors hold the devices: give --gpus-per-actor, not --device", 2)
         return screen_on_ray(input, output, checkpoint, smiles_column, exact, batch_size, chunk_size, strict, resume,
                              distribution, filter_spec, keep_failed, on)
     common.compute_on(device, threads)
@@ -65,16 +67,20 @@ def screen(
         summary = common.streamed("scoring" if filter_spec is None else "filtering", lambda on_chunk: screen_file(
             input, output, scorer, smiles_column, chunk_size, workers, strict, resume, filter_spec, keep_failed,
             on_chunk))
+    report(f"{input} -> {output}", summary, started, f"{summary.skipped_on_resume:,} done before --resume")
+    return summary
+
+
+def report(what: str, summary: ScreenSummary, started: float, resumed: str, engine: str = "") -> None:
+    """The closing lines: rows, rows done before a resume, rate of this run; then rows per status."""
     seconds = time.perf_counter() - started
     new_rows = summary.rows - summary.skipped_on_resume
     out = Console()
-    out.print(f"{input} -> {output}: {summary.rows:,} rows"
-              + (f" ({summary.skipped_on_resume:,} done before --resume)" if summary.skipped_on_resume else "")
-              + f"; {new_rows:,} in {seconds:.1f} s ({new_rows / max(seconds, 1e-9):,.0f} rows/s)",
+    out.print(f"{what}: {summary.rows:,} rows" + (f" ({resumed})" if summary.skipped_on_resume else "")
+              + f"; {new_rows:,} in {seconds:.1f} s ({new_rows / max(seconds, 1e-9):,.0f} rows/s{engine})",
               highlight=False, soft_wrap=True)
     for name, count in sorted(summary.statuses.items()):
         out.print(f"  status {name}: {count:,}", highlight=False)
-    return summary
 
 
 def screen_on_ray(
@@ -96,13 +102,6 @@ def screen_on_ray(
             cpus_per_actor=on.cpus_per_actor, gpus_per_actor=on.gpus_per_actor, batch_size=batch_size,
             chunk_size=chunk_size, shard_rows=on.shard_rows, part_format=on.part_format, resume=resume,
             address=on.address, on_shard=on_chunk))
-    seconds = time.perf_counter() - started
-    new_rows = summary.rows - summary.skipped_on_resume
-    out = Console()
-    out.print(f"{input} -> {output}/ ({summary.shards} parts, {output / MANIFEST}): {summary.rows:,} rows"
-              + (f" ({summary.shards_skipped_on_resume} parts done before --resume)" if summary.skipped_on_resume else "")
-              + f"; {new_rows:,} in {seconds:.1f} s ({new_rows / max(seconds, 1e-9):,.0f} rows/s, {on.actors} actors)",
-              highlight=False, soft_wrap=True)
-    for name, count in sorted(summary.statuses.items()):
-        out.print(f"  status {name}: {count:,}", highlight=False)
+    report(f"{input} -> {output}/ ({summary.shards} parts, {output / MANIFEST})", summary, started,
+           f"{summary.shards_skipped_on_resume} parts done before --resume", f", {on.actors} actors")
     return summary
