@@ -4,7 +4,9 @@ exactly once through a killed actor, and a resume that keeps the finished parts.
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -18,8 +20,7 @@ from molgen.screen import FilterSpec
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def ray_instance():
+def require_ray():
     try:
         import ray
         import ray.data  # noqa: F401
@@ -27,6 +28,39 @@ def ray_instance():
         if os.environ.get("CI"):
             pytest.fail("ray[data] is required under CI (the dev extra installs it)")
         pytest.skip("ray[data] not installed")
+    return ray
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed_skips_the_written_parts(tiny_checkpoint, tmp_path):
+    # First in the file: the command starts its own local Ray instance, before the module's is up.
+    require_ray()
+    source = tmp_path / "in.csv"
+    pd.concat([example_molecules()] * 2).iloc[:1500].to_frame().to_csv(source, index=False)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "molgen", "score", str(source), "-o", str(out), "--checkpoint",
+               str(tiny_checkpoint), "--engine", "ray", "--shard-rows", "100", "--chunk-size", "50", "--batch-size", "1"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and driver.poll() is None and len(list(out.glob("_shards/*.json"))) < 2:
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    written = {p.name: p.stat().st_mtime_ns for p in out.glob("_shards/*.json")}
+    assert 2 <= len(written) < 15 and not (out / "_manifest.json").exists()
+    time.sleep(1)  # an actor may still finish the shard it had: it counts as written
+    written = {p.name: p.stat().st_mtime_ns for p in out.glob("_shards/*.json")}
+    done = subprocess.run(command + ["--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"({len(written)} parts done before --resume)" in done.stdout and "1,500 rows" in done.stdout
+    assert all((out / "_shards" / name).stat().st_mtime_ns == stamp for name, stamp in written.items())
+    scored = ray_output(out)
+    assert scored["row_id"].tolist() == list(range(1500)) and scored["status"].notna().all()
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = require_ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

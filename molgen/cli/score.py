@@ -103,5 +103,5 @@ def screen_on_ray(
             chunk_size=chunk_size, shard_rows=on.shard_rows, part_format=on.part_format, resume=resume,
             address=on.address, on_shard=on_chunk))
     report(f"{input} -> {output}/ ({summary.shards} parts, {output / MANIFEST})", summary, started,
-           f"{summary.shards_skipped_on_resume} parts done before --resume", f", {on.actors} actors")
+           f"{summary.shards_skipped_on_resume} parts done before --resume", f", {on.actors} actor{'s' * (on.actors > 1)}")
     return summary
