@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# After the drug-like run's epoch (benchmarks/train_qm9_moses.sh): its density head, repair adapter and
+# property head, fitted with the backbone frozen, then the inference file and its evaluations (issue 43).
+#
+#   benchmarks/finish_qm9_moses.sh            # every step whose output is missing, in order
+#
+# Each step writes its own file under OUT (default runs/qm9_moses_final) and is skipped when that file
+# exists, so the script continues where a stopped session left it. Minutes are 2-core CPU figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${RUN:-runs/qm9_moses}
+OUT=${OUT:-runs/qm9_moses_final}
+DATA=${DATA:-../shared/data}
+PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+TRAINED_ON=(--data qm9 --data "moses=$DATA/moses/train.csv.gz" --qm9-path "$DATA")
+mkdir -p "$OUT"
+
+step() {  # step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists
+  local output=$1; shift
+  if [ -e "$output" ]; then echo "== $output exists, skipped"; return; fi
+  echo "== $(date -u +%H:%M) $*"
+  "$@"
+}
+
+# The density head onto importance-sampled ELBOs of training molecules of both sets and their mutants,
+# with per-atom terms; percentiles calibrated per distribution on each one's held-out molecules (~20 min).
+step "$OUT/distilled.pt" "$PY" -m molgen distill "$RUN/checkpoint.pt" "${TRAINED_ON[@]}" -o "$OUT/distilled.pt" \
+  --molecules 20000 --elbo-samples 16 --epochs 300
+# The repair adapter, acting late in the sampler's chains only (as the bundled QM9 model's; ~35 min).
+step "$OUT/repaired.pt" "$PY" -m molgen repair "$OUT/distilled.pt" "${TRAINED_ON[@]}" -o "$OUT/repaired.pt" \
+  --min-logsnr 2.0 --pair-width 128
+# The property head that --target follows, on both sets' own RDKit values (~15 min).
+step "$OUT/properties.pt" "$PY" -m molgen fit-properties "$OUT/repaired.pt" "${TRAINED_ON[@]}" \
+  -o "$OUT/properties.pt" --minutes 15
+step "$OUT/qm9_moses.pt" "$PY" -m molgen export "$OUT/properties.pt" -o "$OUT/qm9_moses.pt" --half
+# The MOSES protocol with its reference rows (floor, kNN), and QM9's under the same model.
+step "$OUT/eval_moses.json" "$PY" -m molgen evaluate --checkpoint "$OUT/qm9_moses.pt" --dist moses \
+  --moses-path "$DATA/moses" -n 10000 -o "$OUT/eval_moses.json"
+step "$OUT/eval_qm9.json" "$PY" -m molgen evaluate --checkpoint "$OUT/qm9_moses.pt" --qm9-path "$DATA" \
+  -n 10000 --draws 1 -o "$OUT/eval_qm9.json"
