@@ -167,7 +167,8 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     to ``density_molecules`` training molecules, the residual of the shared head regressed by the
     term's member (Huber, 2 nats). A fifth of those molecules decides when to stop (the term as it was
     at its best there, zero included: a small set's noisy targets are easy to overfit). Returns
-    Spearman(D, -ELBO) on the held-out molecules before and after."""
+    Spearman(D, -ELBO) on the held-out molecules before and after, and (``held_out_elbo``) their ELBO
+    estimates, which the term does not change."""
     index = model.config.adapter.distribution
     rows = np.random.default_rng(config.seed).permutation(train)[: config.density_molecules]
     states, masks, shared, bounds = states_and_elbo(model, loaded, graphs, rows, index, size_log_probs,
@@ -204,24 +205,26 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     with torch.no_grad():
         after = model.density(check[0], check[1], extra=member_output(member, check[0], check[1]) * DENSITY_SCALE)
     return {"molecules": int(len(rows)), "epochs_kept": best_epoch, "spearman_density_elbo_before": before,
-            "spearman_density_elbo_after": spearman(after.numpy(), -check[3].numpy())}
+            "spearman_density_elbo_after": spearman(after.numpy(), -check[3].numpy()), "held_out_elbo": check[3]}
 
 
 @torch.no_grad()
 def held_out_figures(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, rows: np.ndarray,
-                     dist_index: int, size_log_probs: torch.Tensor, samples: int, seed: int) -> dict:
+                     dist_index: int, size_log_probs: torch.Tensor, samples: int, seed: int,
+                     elbos: torch.Tensor | None = None) -> dict:
     """Held-out NLL bound (nats/molecule, mean and standard error) and log_density of ``rows`` under
-    the distribution ``dist_index`` of ``model``."""
+    the distribution ``dist_index`` of ``model``; ``elbos``: the rows' ELBO estimates, when known."""
     generator = torch.Generator().manual_seed(seed)
     bounds, densities = [], []
     for start in range(0, len(rows), 256):
         batch = graphs.dense(rows[start : start + 256])
         dist = torch.full((batch.mask.shape[0],), dist_index, dtype=torch.long)
-        estimate, _ = elbo(model, batch, dist, loaded.noise, size_log_probs[dist], samples, generator,
-                           proposal=loaded.elbo_proposal)
-        bounds.append(estimate.numpy())
+        if elbos is None:
+            estimate, _ = elbo(model, batch, dist, loaded.noise, size_log_probs[dist], samples, generator,
+                               proposal=loaded.elbo_proposal)
+            bounds.append(estimate.numpy())
         densities.append(log_density(model, batch, dist, loaded.noise).numpy())
-    bound = np.concatenate(bounds) if bounds else np.zeros(0)
+    bound = elbos.numpy() if elbos is not None else np.concatenate(bounds) if bounds else np.zeros(0)
     return {"nll_nats": float(bound.mean()) if len(bound) else None,
             "nll_stderr": float(bound.std(ddof=1) / math.sqrt(len(bound))) if len(bound) > 1 else None,
             "log_density": np.concatenate(densities) if densities else np.zeros(0)}
@@ -293,6 +296,7 @@ def adapt(
         parameter.requires_grad_(False)
     log("fitting the distribution's density term")
     density_fit = fit_density_term(model, loaded, graphs, train, held, size_log_probs, config)
+    held_out_elbo = density_fit.pop("held_out_elbo")
     figures = {}
     null_index = model.config.num_distributions
     rows_by = {"adapted": index, "null (zero-shot)": null_index}
@@ -304,7 +308,8 @@ def adapt(
     rows_by["null (zero-shot, the set's sizes)"] = null_index
     tables["null (zero-shot, the set's sizes)"] = own_sizes
     for label, dist_index in rows_by.items():
-        result = held_out_figures(model, loaded, graphs, held, dist_index, tables[label], config.elbo_samples, config.seed)
+        result = held_out_figures(model, loaded, graphs, held, dist_index, tables[label], config.elbo_samples, config.seed,
+                                  held_out_elbo if label == "adapted" else None)
         figures[label] = {"nll_nats": result["nll_nats"], "nll_stderr": result["nll_stderr"]}
         if label == "adapted":
             calibration = np.quantile(result["log_density"], np.linspace(0, 1, CALIBRATION_QUANTILES)).tolist()
