@@ -3,13 +3,13 @@
 The driver cuts the input (one file, a folder or a glob of files) into shards of whole chunks and
 saves that plan in the output folder. A Ray Data pipeline hands the shards to an actor pool
 (``map_batches`` over a callable class, so each actor loads the model once); an actor reads its shard
-with molgen's own readers (so columns, statuses and reasons are the local engine's), scores it, and
-writes it as one part file, renamed into place when complete, then a small record of its counts.
-A part's name is fixed by the plan, so a shard that runs twice (Ray restarts a killed actor and
-retries its task) replaces its own part: no row is lost or written twice. ``resume`` keeps every
-part whose record exists. The manifest, written last, lists the parts and checks that their rows add
-up to the input's. Every output row starts with ``row_id``: its row number over the input files in
-the plan's order, by which the rows can be put back in input order.
+with molgen's own readers (so columns, statuses and reasons are the local engine's), scores it into a
+file of its own, renames that onto the shard's part when complete, then writes a small record of
+its counts. A part's name is fixed by the plan, so a shard that runs twice (Ray restarts a killed
+actor and retries its task) replaces its own part whole: no row is lost or written twice.
+``resume`` keeps every part whose record exists. The manifest, written last, lists the parts and
+checks that their rows add up to the input's. Every output row starts with ``row_id``: its row
+number over the input files in the plan's order, by which the rows can be put back in input order.
 
 A ``ray.data.Dataset`` is screened as it flows instead (:func:`screen_dataset`): the same columns are
 appended batch by batch, and reading, ordering and writing stay the caller's.
@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -164,7 +165,11 @@ class ShardScreener:
         started = time.perf_counter()
         options = self.options
         summary = ScreenSummary()
-        writer = TableWriter(self.output / part_name(shard.number, options.part_format))
+        part = self.output / part_name(shard.number, options.part_format)
+        # Each attempt writes its own hidden file, renamed onto the part when complete: an attempt still
+        # running (an earlier run's actor, a retry's predecessor) never writes into this one's file.
+        attempt = self.output / f".{part.name.split('.')[0]}-{os.getpid()}-{uuid.uuid4().hex[:8]}{PART_FORMATS[options.part_format]}"
+        writer = TableWriter(attempt)
         chunks = read_molecules(shard.path, options.smiles_column, options.chunk_size, shard.start, shard.stop)
         try:
             screen_chunks(chunks, writer, self.scorer, summary, strict=options.strict,
@@ -172,6 +177,7 @@ class ShardScreener:
                           row_id_offset=shard.row_id_offset)
         except StrictFailure as error:  # the driver stops the run with it
             return {"number": shard.number, "strict_failure": f"{Path(shard.path).name}: {error}"}
+        os.replace(attempt, part)
         record = {"number": shard.number, "seconds": time.perf_counter() - started, "pid": os.getpid(),
                   "peak_rss_mib": _peak_rss_mib(), **summary.to_dict()}
         _write_json(self.output / RECORDS / f"{shard.number:05d}.json", record)
@@ -326,7 +332,7 @@ def _clear(output: Path) -> None:
     if not output.is_dir():
         return
     for path in output.iterdir():
-        if path.name.startswith("part-") or path.name in {PLAN, MANIFEST}:
+        if path.name.startswith(("part-", ".part-")) or path.name in {PLAN, MANIFEST}:
             path.unlink()
     if (output / RECORDS).is_dir():
         for path in (output / RECORDS).iterdir():
@@ -362,6 +368,8 @@ def _write_manifest(output: Path, plan: dict, shards: list[Shard], done: dict[in
               **{key: done[s.number].get(key) for key in ("written", "passed", "statuses", "removed_by", "seconds",
                                                           "pid", "peak_rss_mib")}}
              for s in shards]
+    for leftover in output.glob(".part-*"):  # attempts that died before their rename
+        leftover.unlink(missing_ok=True)
     total = sum(item["rows"] for item in plan["inputs"])
     _write_json(output / MANIFEST, {"inputs": plan["inputs"], "rows": total,
                                     "written": sum(p["written"] for p in parts), "parts": parts})

@@ -148,6 +148,7 @@ def test_a_killed_actor_loses_and_duplicates_no_row(ray_instance, tiny_checkpoin
     records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_shards").iterdir()]
     assert sorted(r["number"] for r in records) == list(range(12))
     assert len({r["pid"] for r in records} - set(killed)) >= 2  # the killed actor was replaced
+    assert not list((tmp_path / "out").glob(".part-*"))  # the killed attempt's own file is gone too
 
 
 def test_resume_after_an_interrupted_run_keeps_the_finished_parts(ray_instance, tiny_checkpoint, tmp_path):
