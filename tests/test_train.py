@@ -102,6 +102,10 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path):
         assert torch.equal(a, b), name
     for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
         assert torch.equal(a, b)
+    # The curve of the interrupted run: epoch 1, the 3 steps of epoch 2 before the stop, then epochs 2 and 3.
+    records = [json.loads(line) for line in (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in records] == [("epoch", 4), ("progress", 7), ("epoch", 8), ("epoch", 12)]
+    assert records[1]["epoch"] == 7 / 4 and np.isfinite(records[1]["train_total"])
 
 
 def test_schedule_minutes_sets_the_epochs_from_the_measured_pace(tmp_path):

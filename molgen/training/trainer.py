@@ -331,6 +331,9 @@ class Trainer:
         budget = self.config.max_minutes * 60 if self.config.max_minutes else math.inf
         session_start, session_elapsed_start = time.perf_counter(), self.elapsed
         session_epochs = 0
+        # Losses since the last checkpoint: each periodic save also appends them to metrics.jsonl as a
+        # "progress" record, so an epoch of hours (MOSES on a CPU) still leaves a curve.
+        since_save: dict[str, list[float]] = {}
         try:
             while self.step < self.total_steps and not self.stop_requested:
                 epoch, position = divmod(self.step, self.steps_per_epoch)
@@ -343,12 +346,14 @@ class Trainer:
                     self.elapsed = session_elapsed_start + time.perf_counter() - session_start
                     for name, value in values.items():
                         running.setdefault(name, []).append(value)
+                        since_save.setdefault(name, []).append(value)
                     if on_step:
                         on_step({"step": self.step, "epoch": epoch, **values})
                     if self.stop_requested or self.elapsed - session_elapsed_start >= budget:
                         self.stop_requested = True
                         break
                     if time.perf_counter() - last_save >= self.config.checkpoint_minutes * 60:
+                        self.log_progress(since_save, time.perf_counter() - last_save)
                         self.save()
                         last_save = time.perf_counter()
                 if self.stop_requested and self.step % self.steps_per_epoch:
@@ -359,7 +364,9 @@ class Trainer:
                 if self.config.schedule_minutes and session_epochs >= 2:
                     now = time.perf_counter()
                     self.fit_schedule(now - epoch_start, now - session_start)
+                since_save.clear()  # the epoch's record below covers them
                 record = {
+                    "kind": "epoch",
                     "epoch": epoch + 1,
                     "epochs": self.config.epochs,
                     "step": self.step,
@@ -377,8 +384,22 @@ class Trainer:
                 last_save = time.perf_counter()
         finally:
             signal.signal(signal.SIGINT, previous_handler)
+        self.log_progress(since_save, time.perf_counter() - last_save)
         self.save()
         return self.metrics
+
+    def log_progress(self, values: dict[str, list[float]], seconds: float) -> None:
+        """Append the mean losses of the steps in ``values`` (then empty it) to metrics.jsonl."""
+        steps = len(values.get("total", []))
+        if not steps:
+            return
+        record = {"kind": "progress", "epoch": self.step / self.steps_per_epoch, "step": self.step,
+                  **{f"train_{name}": float(np.mean(series)) for name, series in values.items()},
+                  "molecules_per_second": steps * self.config.batch_size / max(seconds, 1e-9),
+                  "elapsed_seconds": self.elapsed}
+        with open(self.out_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        values.clear()
 
 
 def noise_config(logsnr_max: float, logsnr_min: float) -> dict:
