@@ -125,3 +125,31 @@ def test_huber_fit_ranks_the_bulk_despite_a_tail_of_huge_targets():
     huber, squares = fitted_spearman(2.0), fitted_spearman(0.0)
     assert huber > 0.9, huber  # about 0.97
     assert squares < 0.5, squares  # about 0.06
+
+
+def test_a_fresh_head_recovers_a_head_stuck_above_its_bound(tmp_path):
+    from molgen.checkpoint import load_model, read_checkpoint, save_checkpoint
+    from molgen.likelihood import log_density
+    from molgen.training.distill import distill_checkpoint
+
+    data, trainer = trained(tmp_path)
+    payload = read_checkpoint(trainer.checkpoint_path)
+    for key in [k for k in payload["ema"] if k.startswith("density.members.0.cls.4.")]:
+        payload["ema"][key] = payload["ema"][key] + 200.0  # every molecule far above 0 nats: the bound is flat
+    stuck = tmp_path / "stuck.pt"
+    save_checkpoint(payload, stuck)
+    held_out = data.indices("val")[:20]
+
+    def densities(path):
+        loaded = load_model(path)
+        batch, dist = data.batch(held_out)
+        with torch.no_grad():
+            return log_density(loaded.model, batch, dist, loaded.noise).numpy()
+
+    assert np.all(densities(stuck) > -1e-6)
+    config = DistillConfig(molecules=60, elbo_samples=4, check_molecules=10, check_samples=4, pilot_molecules=16,
+                           epochs=30, fresh_head=True)
+    report = distill_checkpoint(stuck, data, config, tmp_path / "fresh.pt")
+    recovered = densities(tmp_path / "fresh.pt")
+    assert np.all(recovered < -1.0) and recovered.std() > 0.1  # log-probabilities again, and they differ
+    assert abs(np.mean(recovered) + report["train_target_mean_nats"]) < 0.5 * report["train_target_mean_nats"]

@@ -343,3 +343,22 @@ def test_size_buckets_keep_every_molecule_once_in_batches_of_similar_size(tmp_pa
         return float((sizes.max(1) - sizes.min(1)).mean())
 
     assert spread(bucketed.epoch_order(0)) < 0.5 * spread(plain.epoch_order(0))
+
+
+def test_a_head_above_its_bound_still_learns_and_the_consistency_loss_cannot_hide_there(tmp_path):
+    # A drug-like run's head ended at +1,300 nats, where -softplus(-D) is flat: fit through the bound,
+    # neither its regression nor the consistency loss had a gradient to bring it back.
+    data = qm9_subset(tmp_path, 16)
+    trainer = Trainer(TrainConfig(model=TINY), data, tmp_path / "run")
+    model = trainer.model
+    with torch.no_grad():
+        model.density.offset.fill_(1300.0)
+        for member in model.density.members:  # a head that reads the states, as a trained one does
+            torch.nn.init.normal_(member.cls[-1].weight, std=0.1)
+    batch, dist = data.batch(data.indices("train"))
+    losses = training_losses(model, batch, dist, trainer.noise, trainer.size_log_probs[dist],
+                             trainer.weights, torch.Generator().manual_seed(0))
+    (losses["nll"] + losses["consistency"]).backward()
+    gradient = torch.cat([p.grad.flatten() for p in model.density.parameters() if p.grad is not None])
+    assert gradient.abs().max() > 1e-3
+    assert losses["consistency"] > 1e-3  # the flat bound would have made it ~0

@@ -41,6 +41,9 @@ def distill(
         0, min=0, help="Keep the density head and fit this many more members of it on one set of fresh targets "
         "(other molecules and noise, the stored proposal), each from its own start; D becomes the members' mean, "
         "whose errors partly cancel. 0 refits the whole head."),
+    fresh_head: bool = typer.Option(
+        False, help="Start every member of the head afresh (D near the targets' running mean) "
+        "instead of from the trained one: for a head that training left far from its ELBOs."),
     threads: Optional[int] = common.threads_option(),
 ) -> None:
     """Refit the density head onto low-variance ELBOs (backbone frozen) and recalibrate it."""
@@ -49,7 +52,7 @@ def distill(
     common.compute_on(device, threads)
     config = DistillConfig(molecules=molecules, elbo_samples=elbo_samples, epochs=epochs, huber_nats=huber_nats,
                            atom_terms=atom_terms, batch_size=batch_size, elbo_rows=elbo_rows, seed=seed,
-                           device=device, add_members=add_members)
+                           device=device, add_members=add_members, fresh_head=fresh_head)
     doing, fit = ("estimating the ELBO's importance proposal", refit_elbo_proposal) if proposal_only else (
         "distilling", distill_checkpoint)
     report = fit_on_training_data(checkpoint, data, qm9_path, workers, doing,

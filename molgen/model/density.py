@@ -56,10 +56,13 @@ class DensityHead(nn.Module):
         return list(self.members) if members is None else [self.members[member] for member in members]
 
     def forward(self, final_states: torch.Tensor, mask: torch.Tensor, members: Sequence[int] | None = None,
-                extra: torch.Tensor | None = None) -> torch.Tensor:
+                extra: torch.Tensor | None = None, bound: bool = True) -> torch.Tensor:
         """D in nats from final token states (B, 2 + N, d) with the atom mask (B, N): the mean over the
         members, or over ``members`` alone; ``extra`` (B,) nats are added before the bound (an adapted
-        distribution's own term)."""
+        distribution's own term). ``bound=False`` gives the value before the bound: what every fit
+        regresses and differentiates. Past 0 the bound is flat, so a fit through it has no gradient
+        to come back with, and a consistency loss can shrink its mismatch by pushing D there (a
+        drug-like run's head ended at +1,300 nats that way)."""
         chosen = self.chosen(members)
         raw = 0.0
         for member in chosen:  # summed in this order since the first release: D stays bit for bit
@@ -69,7 +72,7 @@ class DensityHead(nn.Module):
         value = raw / len(chosen) * DENSITY_SCALE + self.offset
         if extra is not None:
             value = value + extra
-        return -F.softplus(-value) if self.bounded else value
+        return -F.softplus(-value) if self.bounded and bound else value
 
     def parameters_of(self, members: Sequence[int] | None = None) -> list[nn.Parameter]:
         """The parameters of every member, or of ``members``, per-atom terms included."""

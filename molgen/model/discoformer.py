@@ -103,10 +103,12 @@ class DiScoFormer(nn.Module):
         bond_logits = 0.5 * (bond_logits + bond_logits.transpose(1, 2))
         return ModelOutput(atom_logits, bond_logits, self.density_of(h, mask, dist), h)
 
-    def density_of(self, final_states: torch.Tensor, mask: torch.Tensor, dist: torch.Tensor) -> torch.Tensor:
-        """D (B,) from final token states: the shared head, plus an adapted distribution's own term."""
+    def density_of(self, final_states: torch.Tensor, mask: torch.Tensor, dist: torch.Tensor,
+                   bound: bool = True) -> torch.Tensor:
+        """D (B,) from final token states: the shared head, plus an adapted distribution's own term
+        (``bound=False``: before the head's bound, as the fits use it)."""
         extra = self.adapters.density_term(final_states, mask, dist) if self.adapters is not None else None
-        return self.density(final_states, mask, extra=extra)
+        return self.density(final_states, mask, extra=extra, bound=bound)
 
     def token_states(
         self,

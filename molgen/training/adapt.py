@@ -155,7 +155,7 @@ def states_and_elbo(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGra
         state = clean_states(model, batch, dist, loaded.noise)
         states.append(state)
         masks.append(batch.mask)
-        shared.append(model.density(state, batch.mask))
+        shared.append(model.density(state, batch.mask, bound=False))  # the term is added before the bound
         bounds.append(elbo(model, batch, dist, loaded.noise, size_log_probs[dist], samples, generator,
                            proposal=loaded.elbo_proposal)[0])
     return torch.cat(states), torch.cat(masks), torch.cat(shared), torch.cat(bounds)

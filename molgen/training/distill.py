@@ -67,6 +67,7 @@ class DistillConfig:
     # Keep the density head and fit this many more members of it on fresh targets (see the module
     # docstring); 0 refits the whole head.
     add_members: int = 0
+    fresh_head: bool = False  # every member from the constructor's start, not from the trained head
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -206,7 +207,7 @@ def fit_members(model: DiScoFormer, targets: DistillationTargets, config: Distil
         order = torch.randperm(len(targets.states), generator=order_generator).to(targets.states.device)
         for start in range(0, len(targets.states), config.batch_size):
             index = order[start : start + config.batch_size]
-            predicted = model.density(targets.states[index], targets.masks[index], members)
+            predicted = model.density(targets.states[index], targets.masks[index], members, bound=False)
             wanted = -targets.elbos[index]
             loss = (torch.nn.functional.huber_loss(predicted, wanted, delta=config.huber_nats) if config.huber_nats > 0
                     else torch.nn.functional.mse_loss(predicted, wanted))
@@ -258,6 +259,13 @@ def distill_checkpoint(
     ``data``), recompute its calibration quantiles on all held-out molecules, store the importance
     proposal for later ELBOs, and write the result to ``output`` (default: in place, atomically)."""
     payload, model, noise, size_log_probs = read_frozen_model(source, data, config.device)
+    if config.fresh_head and config.add_members:
+        raise ValueError("--fresh-head refits the whole head; --add-members keeps it: pass one of them")
+    if config.fresh_head:
+        with torch.random.fork_rng(devices=[]):  # seeded without side effects, as new members are
+            torch.manual_seed(config.seed)
+            model = model.with_new_module(tuple(f"density.members.{index}" for index in range(model.config.density.members)),
+                                          density=model.config.density).to(config.device)
     if config.atom_terms:
         model = with_atom_terms(model).to(config.device)
     stored_proposal = None

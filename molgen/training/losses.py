@@ -105,7 +105,7 @@ def training_losses(
     # thousands of nats apart, and letting them into the shared backbone slowed the score head
     # badly (QM9 epoch 1: score loss 2.6 instead of 1.7). The backbone still shapes D through the
     # consistency loss, whose gradient does flow through it.
-    density_clean = model.density(output.final_states[size:].detach(), mask)
+    density_clean = model.density(output.final_states[size:].detach(), mask, bound=False)
 
     atom_ce = F.cross_entropy(atom_logits.transpose(1, 2), batch.atoms, reduction="none") * atom_mask
     bond_ce = F.cross_entropy(bond_logits.permute(0, 3, 1, 2), batch.bonds, reduction="none") * pair_mask
@@ -164,7 +164,8 @@ def consistency_loss(
     # The loss differentiates a gradient: the backbone's attention is plain batched products, which
     # have a double backward on every device (CUDA's fused attention kernels have none).
     output = model(z_atoms, z_bonds, mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist, self_cond)
-    grad_atoms, grad_bonds = torch.autograd.grad(output.density.sum(), (z_atoms, z_bonds), create_graph=True)
+    density = model.density_of(output.final_states, mask, dist, bound=False)  # the bound would offer an escape
+    grad_atoms, grad_bonds = torch.autograd.grad(density.sum(), (z_atoms, z_bonds), create_graph=True)
     # A pair is one variable that the model sees twice: its gradient is the sum of both entries.
     grad_bonds = grad_bonds + grad_bonds.transpose(1, 2)
     score_atoms = tweedie_score(z_atoms.detach(), x0_hat[0], t, noise.atoms)
