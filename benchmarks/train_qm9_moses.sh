@@ -5,6 +5,7 @@
 #   benchmarks/train_qm9_moses.sh resume   # continue RUN/checkpoint.pt bit for bit (same machine)
 #   benchmarks/train_qm9_moses.sh save     # before a session ends: RUN/checkpoint.pt -> the committed copy
 #   benchmarks/train_qm9_moses.sh carry    # a fresh machine: continue bit for bit from the committed copy
+#   benchmarks/train_qm9_moses.sh resume --consistency-weight 0   # options after the verb go to molgen train
 #
 # The committed copy (benchmarks/checkpoints/qm9_moses.pt) is the training checkpoint less its
 # training-set hashes (recomputed from the data at start): weights, EMA, optimizer, step and RNG.
@@ -21,9 +22,11 @@ PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 OPTIONS=(qm9 "moses=$DATA/moses/train.csv.gz" --qm9-path "$DATA" --aromatic-bonds --kekule-features
          --max-atoms 32 --epochs 1 --batch-size 128 --lr 5e-4 --bond-repair-share 0.15 --val-molecules 500
          --size-buckets 64 --checkpoint-minutes 10 --workers 2 -o "$RUN")
-case "${1:-start}" in
-  start) exec "$PY" -m molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9.pt ;;
-  resume) exec "$PY" -m molgen train "${OPTIONS[@]}" --resume ;;
+VERB=${1:-start}
+shift || true
+case "$VERB" in
+  start) exec "$PY" -m molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9.pt "$@" ;;
+  resume) exec "$PY" -m molgen train "${OPTIONS[@]}" --resume "$@" ;;
   save) "$PY" - "$RUN/checkpoint.pt" "$CARRIED" <<'PY'
 import sys
 from molgen.checkpoint import read_checkpoint, save_checkpoint
@@ -32,6 +35,6 @@ payload.pop("train_smiles_hashes", None)
 save_checkpoint(payload, sys.argv[2])
 PY
   ;;
-  carry) mkdir -p "$RUN" && cp "$CARRIED" "$RUN/checkpoint.pt" && exec "$PY" -m molgen train "${OPTIONS[@]}" --resume ;;
+  carry) mkdir -p "$RUN" && cp "$CARRIED" "$RUN/checkpoint.pt" && exec "$PY" -m molgen train "${OPTIONS[@]}" --resume "$@" ;;
   *) echo "usage: $0 start|resume|save|carry" >&2; exit 2 ;;
 esac
