@@ -65,11 +65,10 @@ class Shard:
 
 @dataclass
 class RaySummary(ScreenSummary):
-    """A :class:`ScreenSummary` over every shard, plus where the parts are."""
+    """A :class:`ScreenSummary` over every shard, plus the shard counts."""
 
     shards: int = 0
     shards_skipped_on_resume: int = 0
-    output: str = ""
 
 
 @dataclass
@@ -284,7 +283,7 @@ def screen_files(
         _write_json(output / PLAN, plan)
     shards = [Shard(**s) for s in plan["shards"]]
     done = _records(output, shards, options.part_format)
-    summary = RaySummary(shards=len(shards), shards_skipped_on_resume=len(done), output=str(output))
+    summary = RaySummary(shards=len(shards), shards_skipped_on_resume=len(done))
     for record in done.values():
         _add(summary, record)
     summary.skipped_on_resume = summary.rows
