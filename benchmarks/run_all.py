@@ -85,7 +85,63 @@ def fmt(value, kind: str) -> str:
     return f"{value:.{kind}f}"
 
 
-def write_benchmarks_md(parts: dict) -> None:
+# Published MOSES rows (the MOSES repository's table: 30,000 samples, mean of 3 runs, Test columns; DiGress:
+# Vignac et al., ICLR 2023, validity without correction), not rerun here.
+PUBLISHED_MOSES = [
+    {"model": "CharRNN (published, MOSES)", "valid": 0.975, "unique@10000": 0.999, "novelty": 0.842, "filters": 0.994,
+     "fcd_test": 0.073, "snn_test": 0.601, "frag_test": 1.000, "scaf_test": 0.924, "int_div": 0.856},
+    {"model": "VAE (published, MOSES)", "valid": 0.977, "unique@10000": 0.998, "novelty": 0.695, "filters": 0.997,
+     "fcd_test": 0.099, "snn_test": 0.626, "frag_test": 0.999, "scaf_test": 0.939, "int_div": 0.856},
+    {"model": "JT-VAE (published, MOSES)", "valid": 1.0, "unique@10000": 1.0, "novelty": 0.914, "filters": 0.976,
+     "fcd_test": 0.395, "snn_test": 0.548, "frag_test": 0.997, "scaf_test": 0.896, "int_div": 0.855},
+    {"model": "DiGress (published: Vignac et al., ICLR 2023)", "valid_without_correction": 0.857, "unique@10000": 1.0,
+     "novelty": 0.950, "filters": 0.971, "fcd_test": 1.19, "snn_test": 0.52, "scaf_test": 0.148},
+]
+MOSES_COLUMNS = [("valid w/o correction", "valid_without_correction", "percent"), ("valid", "valid", "percent"),
+                 ("unique@10k", "unique@10000", "percent"), ("novelty", "novelty", "percent"),
+                 ("filters", "filters", "percent"), ("FCD ↓", "fcd_test", "3"), ("SNN", "snn_test", "3"),
+                 ("Frag", "frag_test", "3"), ("Scaf", "scaf_test", "3"), ("IntDiv", "int_div", "3")]
+
+
+def moses_section(parts: dict) -> list[str]:
+    """BENCHMARKS.md's MOSES section from benchmarks/run_moses.py's part files."""
+    lines = ["## Generation and density (MOSES, drug-like)", "",
+             "From `python benchmarks/run_moses.py` (`benchmarks/results/eval_moses_*.json`): the MOSES metrics as",
+             "its reference code computes them, against its Test split (the shared data has no TestSF), on",
+             "10,000 samples of each model; the floor is 10,000 training molecules drawn with replacement.",
+             "", "| model | " + " | ".join(c[0] for c in MOSES_COLUMNS) + " |", "|---|" + "---|" * len(MOSES_COLUMNS)]
+    disco, lm = parts.get("discoformer"), parts.get("smiles_lm")
+    rows = []
+    if disco:
+        rows.append((f"DiScoFormer `--dist moses` ({Path(disco.get('checkpoint') or '-').name})", disco["generation"]))
+    if lm:
+        model = lm["model"]
+        rows.append((f"SMILES Transformer reference (this repo, {model['parameters']:,} parameters, "
+                     f"{model['epochs']:.2f} epochs, {model['training_seconds'] / 60:.0f} min)", lm["generation"]))
+    if disco:
+        rows.append(("floor: 10,000 training molecules drawn with replacement", disco["reference_train_sample"]))
+    rows += [(row["model"], row) for row in PUBLISHED_MOSES]
+    for label, figures in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt(figures.get(key), kind) for _, key, kind in MOSES_COLUMNS) + " |")
+    if disco and "density" in disco:
+        density, knn, decoys = disco["density"], disco["reference_knn_tanimoto"], disco["decoys"]
+        lines += ["", f"Density: {decoys['test_molecules']:,} held-out test molecules against {decoys['mutants']:,} "
+                  "single-edit mutants of them in neither MOSES split.", "",
+                  "| scorer | NLL on test (nats/molecule) | AUROC vs mutants |", "|---|---|---|",
+                  f"| DiScoFormer density head, `log_density` | – | "
+                  f"{fmt(density['log_density'].get('auroc_vs_mutants'), '3')} |",
+                  f"| DiScoFormer ELBO ({density['elbo_samples']} levels) | bound {fmt(density['nll_bound_test'], 'nats')} | "
+                  f"{fmt(density['elbo_auroc_vs_mutants'], '3')} |"]
+        if lm:
+            lines.append(f"| SMILES Transformer, exact NLL of the canonical string | "
+                         f"{fmt(lm['density']['nll_test'], 'nats')} | {fmt(lm['density']['nll_auroc_vs_mutants'], '3')} |")
+        lines += [f"| kNN-Tanimoto to train (k={knn['k']}) | – | {fmt(knn.get('auroc_vs_mutants'), '3')} |", "",
+                  f"Calibration of `density_percentile` over the MOSES test split: "
+                  f"{fmt(density['calibration_test']['share_below_5th'], 'percent')} below the 5th percentile (ideal 5%)."]
+    return lines + [""]
+
+
+def write_benchmarks_md(parts: dict, moses_parts: dict | None = None) -> None:
     columns = [("validity w/o correction", "validity_without_correction", "percent"),
                ("uniqueness", "uniqueness", "percent"), ("novelty", "novelty", "percent"),
                ("FCD ↓", "fcd_test", "3"), ("NSPDK MMD ↓", "nspdk_mmd_test", "4"),
@@ -188,8 +244,11 @@ def write_benchmarks_md(parts: dict) -> None:
             f"Kolmogorov-Smirnov distance to uniform {fmt(density['calibration_test']['ks_distance'], '3')}.",
             "",
         ]
+    if moses_parts:
+        lines += moses_section(moses_parts)
     lines += ["## Machines and runs", ""]
-    for part, result in parts.items():
+    runs = {**parts, **{f"moses {part}": result for part, result in (moses_parts or {}).items()}}
+    for part, result in runs.items():
         m = result["machine"]
         lines.append(f"- `{part}`: {m['date']}, commit {m['commit']}, {m['cpu_count']} CPUs ({m['processor']}), "
                      f"Python {m['python']}, {result['seconds'] / 60:.1f} min.")
@@ -238,10 +297,17 @@ def main() -> None:
                                 "draws": args.draws if part == "discoformer" else 1})
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"eval_{part}.json").write_text(json.dumps(result, indent=2) + "\n")
-    parts = {part: json.loads((RESULTS / f"eval_{part}.json").read_text())
-             for part in PARTS if (RESULTS / f"eval_{part}.json").is_file()}
-    write_benchmarks_md(parts)
+    rebuild_benchmarks_md()
     print((REPO / "BENCHMARKS.md").read_text())
+
+
+def rebuild_benchmarks_md() -> None:
+    """BENCHMARKS.md from every part file in benchmarks/results (QM9's and MOSES's)."""
+    def read(prefix: str, names) -> dict:
+        return {name: json.loads((RESULTS / f"{prefix}{name}.json").read_text())
+                for name in names if (RESULTS / f"{prefix}{name}.json").is_file()}
+
+    write_benchmarks_md(read("eval_", PARTS), read("eval_moses_", ("discoformer", "smiles_lm")))
 
 
 if __name__ == "__main__":

@@ -48,3 +48,33 @@ def test_sample_strings_end_at_eos_and_never_contain_special_tokens(tmp_path):
 
         torch.save({"format": "other"}, tmp_path / "junk.pt")
         load_smiles_lm(tmp_path / "junk.pt")
+
+
+def test_training_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    """A run checkpointed after every step and killed mid-epoch continues where it stopped: its final
+    weights equal those of a run that was never stopped."""
+    import torch
+
+    config = SmilesLMConfig(vocab=build_vocabulary(TRAIN), max_len=24, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+    train_smiles_lm(TRAIN, TRAIN[:5], tmp_path / "straight.pt", epochs=1.5, batch_size=4, config=config,
+                    log=lambda m: None)
+
+    class Killed(Exception):
+        pass
+
+    def killed_at_the_third_checkpoint(message, calls=[]):
+        calls.append(message)
+        if len(calls) == 3:  # log comes before the save: checkpoints 1 and 2 (steps 1, 2) are on disk
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_smiles_lm(TRAIN, TRAIN[:5], tmp_path / "stopped.pt", epochs=1.5, batch_size=4, config=config,
+                        checkpoint_minutes=0, log=killed_at_the_third_checkpoint)
+    assert training_record(tmp_path / "stopped.pt")["step"] == 2
+    train_smiles_lm(TRAIN, TRAIN[:5], tmp_path / "stopped.pt", epochs=1.5, batch_size=4, config=config,
+                    checkpoint_minutes=0, log=lambda m: None)
+    straight, resumed = (torch.load(tmp_path / name, weights_only=True)["last"] for name in ("straight.pt", "stopped.pt"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    record = training_record(tmp_path / "stopped.pt")
+    assert record["step"] == 8 and record["epoch"] == 1.6  # 5 steps per epoch: round(7.5) = 8

@@ -152,12 +152,14 @@ def build_vocabulary(smiles: list[str]) -> tuple[str, ...]:
 
 
 def train_smiles_lm(
-    train: list[str], val: list[str], out: str | Path, epochs: int = 10, max_minutes: float | None = None,
+    train: list[str], val: list[str], out: str | Path, epochs: float = 10, max_minutes: float | None = None,
     batch_size: int = 256, lr: float = 1e-3, seed: int = 0, config: SmilesLMConfig | None = None,
-    log=print,
+    checkpoint_minutes: float | None = None, log=print,
 ) -> "SmilesLM":
-    """Train with AdamW, linear warm-up and cosine decay; checkpoint after every epoch to ``out``
-    and resume from it when it exists. Returns the weights with the best validation NLL."""
+    """Train with AdamW, linear warm-up and cosine decay over ``epochs`` (a fraction of one is fine
+    for a large set); validate and checkpoint to ``out`` after every epoch and every
+    ``checkpoint_minutes``, and resume from it, mid-epoch too, when it exists. ``max_minutes`` stops
+    training at the first step past that budget. Returns the weights with the best validation NLL."""
     out = Path(out)
     torch.manual_seed(seed)
     config = config or SmilesLMConfig(vocab=build_vocabulary(train))
@@ -168,45 +170,59 @@ def train_smiles_lm(
     val_ids = val_ids[torch.from_numpy(val_ok)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     steps_per_epoch = max(1, len(ids) // batch_size)
-    total, warmup = steps_per_epoch * epochs, min(500, steps_per_epoch)
-    state = {"epoch": 0, "elapsed": 0.0, "best_val": math.inf, "history": []}
+    total = max(1, round(steps_per_epoch * epochs))
+    warmup = min(500, steps_per_epoch, total)
+    state = {"step": 0, "steps_per_epoch": steps_per_epoch, "elapsed": 0.0, "best_val": math.inf, "history": []}
     best = None
     if out.is_file():
         payload = read_checkpoint(out, FORMAT)
         model.load_state_dict(payload["last"])
         optimizer.load_state_dict(payload["optimizer"])
         state, best = payload["state"], payload["model"]
-    while state["epoch"] < epochs and (max_minutes is None or state["elapsed"] < max_minutes * 60):
+
+    def out_of_time() -> bool:
+        return max_minutes is not None and state["elapsed"] >= max_minutes * 60
+
+    while state["step"] < total and not out_of_time():
         started = time.perf_counter()
         model.train()
-        order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed * 7919 + state["epoch"]))
-        running = 0.0
-        for step in range(steps_per_epoch):
-            global_step = state["epoch"] * steps_per_epoch + step
-            progress = max(0.0, (global_step - warmup) / max(1, total - warmup))
-            scale = (global_step + 1) / warmup if global_step < warmup else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+        running, steps, order_of = 0.0, 0, None
+        # One segment: up to the end of the epoch, the next checkpoint, or the budget.
+        while state["step"] < total:
+            epoch, position = divmod(state["step"], steps_per_epoch)
+            if order_of != epoch:  # each epoch's order follows from the seed, so a resumed run continues it
+                order, order_of = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed * 7919 + epoch)), epoch
+            progress = max(0.0, (state["step"] - warmup) / max(1, total - warmup))
+            scale = ((state["step"] + 1) / warmup if state["step"] < warmup
+                     else 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
             for group in optimizer.param_groups:
                 group["lr"] = lr * scale
-            batch = ids[order[step * batch_size : (step + 1) * batch_size]]
+            batch = ids[order[position * batch_size : (position + 1) * batch_size]]
             loss = model.sequence_nll(batch).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            running += float(loss.detach())
+            running, steps = running + float(loss.detach()), steps + 1
+            state["step"] += 1
+            seconds = time.perf_counter() - started
+            if (state["step"] % steps_per_epoch == 0 or max_minutes is not None
+                    and state["elapsed"] + seconds >= max_minutes * 60
+                    or checkpoint_minutes is not None and seconds >= checkpoint_minutes * 60):
+                break
         model.eval()
         with torch.no_grad():
             val_nll = float(torch.cat([model.sequence_nll(val_ids[i : i + 1024])
                                        for i in range(0, len(val_ids), 1024)]).mean())
-        state["epoch"] += 1
         state["elapsed"] += time.perf_counter() - started
-        train_nll = running / steps_per_epoch
-        state["history"].append({"epoch": state["epoch"], "train_nll": train_nll, "val_nll": val_nll,
-                                 "elapsed_seconds": state["elapsed"]})
+        train_nll = running / steps
+        epochs_done = state["step"] / steps_per_epoch
+        state["history"].append({"epoch": epochs_done, "step": state["step"], "train_nll": train_nll,
+                                 "val_nll": val_nll, "elapsed_seconds": state["elapsed"]})
         if val_nll < state["best_val"]:
             state["best_val"] = val_nll
             best = {k: v.clone() for k, v in model.state_dict().items()}
-        log(f"epoch {state['epoch']}: train NLL {train_nll:.2f}, val NLL {val_nll:.2f} nats, "
+        log(f"epoch {epochs_done:.2f}: train NLL {train_nll:.2f}, val NLL {val_nll:.2f} nats, "
             f"{state['elapsed'] / 60:.1f} min")
         save_checkpoint({"config": config.to_dict(), "model": best, "last": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "state": state}, out, FORMAT)
@@ -223,6 +239,8 @@ def load_smiles_lm(path: str | Path) -> SmilesLM:
 
 
 def training_record(path: str | Path) -> dict:
-    """Epochs, training seconds and validation history of a checkpoint."""
+    """Epochs trained (fractional), steps, training seconds and validation history of a checkpoint."""
     payload = read_checkpoint(path, FORMAT)
-    return {"parameters": sum(v.numel() for k, v in payload["model"].items()), **payload["state"]}
+    state = payload["state"]
+    return {"parameters": sum(v.numel() for k, v in payload["model"].items()),
+            "epoch": state["step"] / state["steps_per_epoch"], **state}
