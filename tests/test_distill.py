@@ -153,3 +153,25 @@ def test_a_fresh_head_recovers_a_head_stuck_above_its_bound(tmp_path):
     recovered = densities(tmp_path / "fresh.pt")
     assert np.all(recovered < -1.0) and recovered.std() > 0.1  # log-probabilities again, and they differ
     assert abs(np.mean(recovered) + report["train_target_mean_nats"]) < 0.5 * report["train_target_mean_nats"]
+
+
+def test_targets_of_chunks_padded_to_different_sizes_line_up(tmp_path):
+    """Each chunk of the ELBO targets is padded to its own largest molecule (drug-like sets span 9 to
+    27 atoms): the states and masks of all chunks come back padded to the largest, each molecule's
+    own states unchanged."""
+    from molgen.training.distill import clean_states_and_elbo
+
+    data = qm9_subset(tmp_path, 700)
+    trainer = Trainer(TrainConfig(epochs=1, batch_size=32, model=TINY), data, tmp_path / "run")
+    train = data.indices("train")
+    small = np.resize(train[data.sizes[train] <= 7], 500)  # a first chunk of 500 padded to 7 atoms
+    large = train[data.sizes[train] == 9][:500]  # the second to 9
+    rows = np.concatenate([small, large])
+    states, masks, elbos = clean_states_and_elbo(trainer.ema, trainer.noise, data.batch, rows, trainer.size_log_probs,
+                                                 2, None, torch.Generator().manual_seed(0), max_rows=1000)
+    n = int(data.sizes[rows].max())
+    assert states.shape[:2] == (1000, n + 2) and masks.shape == (1000, n) and elbos.shape == (1000,)
+    assert torch.equal(masks.sum(1), torch.from_numpy(data.sizes[rows]).to(masks.sum(1).dtype))
+    batch, dist = data.batch(small)
+    own = clean_states(trainer.ema, batch, dist, trainer.noise)
+    assert torch.allclose(states[:500, : own.shape[1]], own, atol=1e-5)

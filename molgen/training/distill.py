@@ -81,7 +81,8 @@ def clean_states_and_elbo(
     samples: int, proposal: torch.Tensor | None, generator: torch.Generator, max_rows: int = MAX_ELBO_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Final token states at the clean end (M, 2 + N, d), atom masks (M, N) and ELBO estimates (M,)
-    for ``rows``, with at most ``max_rows`` molecules x levels per forward call."""
+    for ``rows``, with at most ``max_rows`` molecules x levels per forward call; N is the largest
+    molecule of ``rows``."""
     states, masks, targets = [], [], []
     device = next(model.parameters()).device
     chunk = max(500, max_rows // samples)
@@ -93,6 +94,10 @@ def clean_states_and_elbo(
         estimate, _ = elbo(model, batch, dist, noise, size_log_probs[dist], samples, generator, proposal=proposal,
                            max_rows=max_rows)
         targets.append(estimate)
+    # Each chunk is padded to its own largest molecule: pad to the largest of all (masked out, as in one batch).
+    n = max(mask.shape[1] for mask in masks)
+    states = [torch.cat([s, s.new_zeros(s.shape[0], n + 2 - s.shape[1], s.shape[2])], 1) for s in states]
+    masks = [torch.cat([m, m.new_zeros(m.shape[0], n - m.shape[1])], 1) for m in masks]
     return torch.cat(states), torch.cat(masks), torch.cat(targets)
 
 
