@@ -25,7 +25,8 @@ from molgen.noise import NoiseProcess
 from molgen.tokenizer import Vocabulary
 
 FORMAT = "molgen-discoformer-1"
-BUNDLED = Path(__file__).resolve().parent / "weights" / "qm9.pt"
+WEIGHTS = Path(__file__).resolve().parent / "weights"  # the models that ship with molgen, by file stem
+BUNDLED = WEIGHTS / "qm9.pt"  # the default model
 DIGEST_KEY = "content_digest"
 ADAPTER_FORMAT = "molgen-adapter-1"
 BUNDLED_NAME = "bundled"  # an adapter file's base_name when it extends the bundled model
@@ -176,19 +177,41 @@ def export_inference(
     return slim
 
 
+def bundled_models() -> dict[str, Path]:
+    """The models that ship with molgen, by name: ``qm9`` (the default) and ``qm9_moses``."""
+    return {path.stem: path for path in sorted(WEIGHTS.glob("*.pt"))}
+
+
+def model_path(path: str | os.PathLike | None = None, distribution: str | None = None) -> Path:
+    """The checkpoint file to read: ``path`` itself, or the bundled model it names when no such file
+    exists (``qm9``, ``qm9_moses``); with no path the bundled QM9 model, unless ``distribution`` is
+    one that only another bundled model has (``moses``: the drug-like ``qm9_moses``)."""
+    if path is not None:
+        path = Path(path)
+        return bundled_models().get(str(path), path) if not path.exists() else path
+    if distribution is None:
+        return BUNDLED
+    for candidate in dict.fromkeys((BUNDLED, *bundled_models().values())):
+        if distribution in read_checkpoint(candidate, FORMAT)["distributions"]:
+            return candidate
+    return BUNDLED  # whose own message then names the distributions it has
+
+
 def load_model(
     path: str | os.PathLike | None = None, weights: str = "ema", device: str | torch.device = "cpu",
     base: str | os.PathLike | None = None,
 ) -> LoadedModel:
-    """The model of a checkpoint (the bundled QM9 model when ``path`` is None), with its EMA weights
-    by default, as float32 in eval mode on ``device``. An adapter file (`molgen adapt`) loads as its
-    base extended by its distribution: the base is ``base``, else the bundled model or the path it
-    was adapted from, and must be the very model it was adapted from (content digest)."""
-    payload = read_checkpoint(BUNDLED if path is None else path, (FORMAT, ADAPTER_FORMAT))
+    """The model of a checkpoint (a file, or a bundled model's name; the bundled QM9 model when
+    ``path`` is None), with its EMA weights by default, as float32 in eval mode on ``device``. An
+    adapter file (`molgen adapt`) loads as its base extended by its distribution: the base is
+    ``base``, else the bundled model or the path it was adapted from, and must be the very model it
+    was adapted from (content digest)."""
+    path = model_path(path)
+    payload = read_checkpoint(path, (FORMAT, ADAPTER_FORMAT))
     if payload["format"] == ADAPTER_FORMAT:
         from molgen.training.adapt import adapted_model  # the adapter's code needs this module
 
-        loaded = adapted_model(load_model(base or adapter_base(payload, Path(path)), weights), payload, str(path))
+        loaded = adapted_model(load_model(base or adapter_base(payload, path), weights), payload, str(path))
         loaded.model.to(device)
         return loaded
     model = DiScoFormer(DiScoConfig.from_dict(payload["model_config"]))
@@ -211,14 +234,16 @@ def load_model(
 
 
 def adapter_base(payload: dict, path: Path) -> Path:
-    """Where the base of an adapter file is: the bundled model, or the path it was adapted from (as
-    given, or beside the adapter file)."""
+    """Where the base of an adapter file is: the bundled model, the path it was adapted from (as given,
+    or beside the adapter file), or the bundled model of that name."""
     name = payload["base_name"]
     if name == BUNDLED_NAME:
         return BUNDLED
     for candidate in (Path(name), path.parent / Path(name).name):
         if candidate.is_file():
             return candidate
+    if name in bundled_models():  # adapted from a bundled model given by name (--base qm9_moses)
+        return bundled_models()[name]
     raise CheckpointError(f"{path} was adapted from {name}, which is not here: give its base model (--base)")
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from molgen.model import denoise
-from molgen.noise import LogSNRSchedule, NoiseProcess, q_sample, symmetric_noise
+from molgen.noise import LogSNRSchedule, NoiseProcess, noised
 from molgen.tokenizer import GraphBatch, pair_mask_of
 
 CLEAN_LOGSNR = 5.0
@@ -109,10 +109,7 @@ MAX_ELBO_ROWS = 2048  # molecules x noise levels per forward call of an ELBO est
 def diffusion_integrand(model, x_atoms, x_bonds, mask, t, dist, noise: NoiseProcess, generator) -> torch.Tensor:
     """One draw of the diffusion term's integrand at times ``t`` (B,), atoms and bonds together."""
     atom_mask, pair_mask = mask.float(), upper_pair_mask(mask).float()
-    z_atoms = q_sample(x_atoms, t, noise.atoms, torch.randn(
-        x_atoms.shape, generator=generator, device=x_atoms.device)) * mask[..., None]
-    z_bonds = q_sample(x_bonds, t, noise.bonds, symmetric_noise(
-        x_bonds.shape, generator, x_bonds.device, x_bonds.dtype)) * pair_mask_of(mask)[..., None]
+    z_atoms, z_bonds, _, _ = noised(x_atoms, x_bonds, mask, t, noise, generator)
     _, atom_probs, bond_probs = denoise(model, z_atoms, z_bonds, mask, t, dist, noise)
     return (diffusion_term(x_atoms, atom_probs, t, noise.atoms, atom_mask)
             + diffusion_term(x_bonds, bond_probs, t, noise.bonds, pair_mask))

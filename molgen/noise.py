@@ -83,6 +83,24 @@ def q_sample(
     return expand(alpha, x0) * x0 + expand(sigma, x0) * noise
 
 
+def noised(
+    x_atoms: torch.Tensor, x_bonds: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, process: NoiseProcess,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A draw of q(z_t | x) for clean one-hot atoms (B, N, A) and bonds (B, N, N, C) at times ``t`` (B,):
+    ``(z_atoms, z_bonds, eps_atoms, eps_bonds)``, the noise zero where ``mask`` (B, N) has no atom or
+    pair. The atom noise is drawn first, then the pair noise symmetric in the two atom axes: a seeded
+    caller gets the same draw wherever it noises a batch."""
+    from molgen.tokenizer import pair_mask_of  # the tokenizer carries RDKit; the schedules above do not need it
+
+    eps_atoms = torch.randn(x_atoms.shape, generator=generator, device=x_atoms.device, dtype=x_atoms.dtype)
+    eps_atoms = eps_atoms * mask[..., None].to(x_atoms.dtype)
+    eps_bonds = symmetric_noise(x_bonds.shape, generator, x_bonds.device, x_bonds.dtype)
+    eps_bonds = eps_bonds * pair_mask_of(mask)[..., None].to(x_bonds.dtype)
+    return (q_sample(x_atoms, t, process.atoms, eps_atoms), q_sample(x_bonds, t, process.bonds, eps_bonds),
+            eps_atoms, eps_bonds)
+
+
 def posterior(
     z_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, s: torch.Tensor, schedule: LogSNRSchedule
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -183,8 +183,19 @@ def distribution_index(loaded: LoadedModel, name: str | None) -> int:
     if name == "null":
         return len(loaded.distributions)
     if name not in loaded.distributions:
-        raise ValueError(f"unknown distribution {name!r}; the checkpoint has: {', '.join(loaded.distributions)}, null")
+        raise ValueError(f"unknown distribution {name!r}; the checkpoint has: {', '.join(loaded.distributions)}, null"
+                         + _bundled_hint(name))
     return loaded.distributions.index(name)
+
+
+def _bundled_hint(distribution: str) -> str:
+    """Which bundled model has ``distribution``, as the end of an error message ('' when none does)."""
+    from molgen.checkpoint import FORMAT, bundled_models, read_checkpoint
+
+    for name, path in bundled_models().items():
+        if distribution in read_checkpoint(path, FORMAT)["distributions"]:
+            return f" (the bundled model {name} has it: --checkpoint {name}, or molgen.load({name!r}))"
+    return ""
 
 
 class Scorer:

@@ -58,3 +58,38 @@ def test_the_density_head_is_a_log_probability_and_percentiles_below_the_top_do_
     typical = scored[scored["density_percentile"] < 99]
     raw = typical["log_density"].to_numpy()  # below -12.4 nats the bound moves D by under 1e-5 nats
     np.testing.assert_allclose(typical["density_percentile"], density_percentile(raw, stored), atol=1e-3)
+
+
+def test_bundled_models_load_by_name_and_a_distribution_picks_the_model_that_has_it(tmp_path, monkeypatch,
+                                                                                    tiny_checkpoint):
+    """`--checkpoint qm9_moses` is the shipped drug-like model wherever molgen is installed, and
+    `--dist moses` without a checkpoint uses it; the default model stays the QM9 one."""
+    import molgen.checkpoint as checkpoint
+    from molgen.checkpoint import FORMAT, load_model, model_path, read_checkpoint, save_checkpoint
+    from molgen.scoring import distribution_index
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    qm9 = read_checkpoint(tiny_checkpoint)
+    save_checkpoint(qm9, weights / "qm9.pt")
+    calibration = qm9.get("calibration", {})
+    save_checkpoint({**qm9, "distributions": ["qm9", "moses"], "calibration": {**calibration, "moses": calibration.get("qm9")}},
+                    weights / "qm9_moses.pt", FORMAT)
+    monkeypatch.setattr(checkpoint, "WEIGHTS", weights)
+    monkeypatch.setattr(checkpoint, "BUNDLED", weights / "qm9.pt")
+
+    assert model_path() == weights / "qm9.pt"
+    assert model_path(None, "qm9") == weights / "qm9.pt" and model_path(None, "null") == weights / "qm9.pt"
+    assert model_path(None, "moses") == weights / "qm9_moses.pt"
+    assert model_path(None, "chembl") == weights / "qm9.pt"  # whose error then lists what it has
+    assert model_path("qm9_moses") == weights / "qm9_moses.pt"
+    own = tmp_path / "qm9_moses"  # a file of that name in the working directory wins over the bundled one
+    own.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert model_path("qm9_moses").resolve() == own
+    monkeypatch.chdir(weights)
+    assert load_model("qm9_moses").distributions == ["qm9", "moses"]
+    with pytest.raises(ValueError, match=r"the bundled model qm9_moses has it: --checkpoint qm9_moses"):
+        distribution_index(load_model(), "moses")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model("qm9_mooses")

@@ -1,6 +1,7 @@
 import torch
 
-from molgen.noise import LogSNRSchedule, posterior, tweedie_score
+from molgen.noise import LogSNRSchedule, NoiseProcess, noised, posterior, tweedie_score
+from molgen.tokenizer import pair_mask_of
 
 
 def test_tweedie_score_is_the_exact_score_of_a_two_molecule_distribution():
@@ -29,3 +30,24 @@ def test_gaussian_posterior_matches_conditioning():
     cov = alpha_t / alpha_s * sigma_s**2  # Cov(z_s, z_t | x0)
     assert torch.allclose(mean, alpha_s * x0 + cov / sigma_t**2 * (z_t - alpha_t * x0), atol=1e-6)
     assert torch.allclose(var.squeeze(), sigma_s**2 - cov**2 / sigma_t**2, atol=1e-6)
+
+
+def test_noised_draws_symmetric_pair_noise_zero_at_padding_and_repeats_under_a_seed():
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    x_atoms = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 0], [2, 2, 0, 0]]), 3).float() * mask[..., None]
+    x_bonds = torch.nn.functional.one_hot(torch.ones(2, 4, 4, dtype=torch.long), 4).float() * pair_mask_of(mask)[..., None]
+    t = torch.tensor([0.3, 0.9])
+    process = NoiseProcess(bonds=LogSNRSchedule(7.0, -7.0))  # each channel its own schedule
+
+    def draw(seed):
+        return noised(x_atoms, x_bonds, mask, t, process, torch.Generator().manual_seed(seed))
+
+    z_atoms, z_bonds, eps_atoms, eps_bonds = draw(5)
+    assert all(torch.equal(a, b) for a, b in zip(draw(5), (z_atoms, z_bonds, eps_atoms, eps_bonds)))
+    assert not torch.equal(draw(6)[0], z_atoms)
+    assert torch.equal(z_bonds, z_bonds.transpose(1, 2)) and torch.equal(eps_bonds, eps_bonds.transpose(1, 2))
+    assert (z_atoms[~mask] == 0).all() and (z_bonds[~pair_mask_of(mask)] == 0).all()
+    for x, z, eps, schedule in ((x_atoms, z_atoms, eps_atoms, process.atoms), (x_bonds, z_bonds, eps_bonds, process.bonds)):
+        alpha, sigma = schedule.alpha_sigma(t)
+        shape = (2,) + (1,) * (x.dim() - 1)
+        assert torch.allclose(z, alpha.reshape(shape) * x + sigma.reshape(shape) * eps)

@@ -5,7 +5,7 @@ import torch
 
 from molgen.chemistry import parse_smiles
 from molgen.model import DiScoConfig, DiScoFormer
-from molgen.noise import NoiseProcess, q_sample, symmetric_noise
+from molgen.noise import NoiseProcess, noised
 from molgen.tokenizer import Vocabulary, collate, encode, molecular_graph
 
 
@@ -26,8 +26,7 @@ def noisy_inputs(batch, vocab, t, seed=0):
     generator = torch.Generator().manual_seed(seed)
     x_atoms, x_bonds = batch.one_hot(vocab.num_atom_types, vocab.num_bond_types)
     noise = NoiseProcess()
-    z_atoms = q_sample(x_atoms, t, noise.atoms, torch.randn(x_atoms.shape, generator=generator)) * batch.mask[..., None]
-    z_bonds = q_sample(x_bonds, t, noise.bonds, symmetric_noise(x_bonds.shape, generator, "cpu", torch.float32))
+    z_atoms, z_bonds, _, _ = noised(x_atoms, x_bonds, batch.mask, t, noise, generator)
     return z_atoms, z_bonds, noise
 
 

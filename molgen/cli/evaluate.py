@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from molgen import __version__
-from molgen.checkpoint import BUNDLED, load_model
+from molgen.checkpoint import BUNDLED, load_model, model_path
 from molgen.cli import common
 from molgen.io import read_molecules
 from molgen.sampler import SamplerSettings
@@ -91,9 +91,10 @@ def _evaluate_moses(output: Path, checkpoint: Optional[Path], samples: Optional[
 
     with common.exit_codes():
         folder = locate_moses(moses_path)
+        checkpoint = model_path(checkpoint, "moses")
         loaded = load_model(checkpoint) if samples is None else None
         if loaded is not None and "moses" not in loaded.distributions:
-            raise ValueError(f"{checkpoint or BUNDLED.name} has no moses distribution (it has "
+            raise ValueError(f"{checkpoint.name} has no moses distribution (it has "
                              f"{', '.join(loaded.distributions)}): evaluate a drug-like checkpoint, or --samples FILE")
         sample_smiles = None
         if samples is not None:
@@ -103,7 +104,7 @@ def _evaluate_moses(output: Path, checkpoint: Optional[Path], samples: Optional[
         data, statistics = load_moses_reference(folder, density_molecules, seed, log=status.update)
         report = evaluate_moses(loaded, data, statistics, n, seed, elbo_samples, sampler, samples=sample_smiles,
                                 log=status.update)
-    report["checkpoint" if samples is None else "samples_file"] = str(samples or checkpoint or BUNDLED.name)
+    report["checkpoint" if samples is None else "samples_file"] = str(samples or checkpoint)
     report["settings"] = {"dist": "moses", "n": n, "seed": seed, "density_molecules": density_molecules,
                           "elbo_samples": elbo_samples}
     report["molgen_version"] = __version__

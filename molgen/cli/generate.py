@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from molgen.checkpoint import load_model
+from molgen.checkpoint import load_model, model_path
 from molgen.cli import common
 from molgen.io import TableWriter
 from molgen.guidance import parse_targets
@@ -77,7 +77,7 @@ def generate(
         targets = parse_targets(target)
         writer = TableWriter(output)
         sdf_writer = TableWriter(sdf, smiles_column="smiles") if sdf is not None else None
-        loaded = load_model(checkpoint, device=device)
+        loaded = load_model(model_path(checkpoint, distribution), device=device)
     options = GenerateOptions(
         n=n, seed=seed, batch_size=batch_size, device=device, distribution=distribution, num_atoms=num_atoms,
         sampler=SamplerSettings(steps=steps, corrector_steps=corrector_steps, snr=snr, mala=mala,

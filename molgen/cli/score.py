@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from molgen.checkpoint import load_model
+from molgen.checkpoint import load_model, model_path
 from molgen.cli import common
 from molgen.io import read_molecules
 from molgen.scoring import Scorer
@@ -53,6 +53,8 @@ def screen(
     """The run of ``score`` and ``filter``: a progress bar of rows, then the rows per status."""
     if on.engine not in {"local", "ray"}:
         raise common.fail(f"--engine {on.engine!r}: use local or ray", 2)
+    with common.exit_codes():
+        checkpoint = model_path(checkpoint, distribution)
     if on.engine == "ray":
         if device != "cpu":
             raise common.fail("with --engine ray the actors hold the devices: give --gpus-per-actor, not --device", 2)

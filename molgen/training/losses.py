@@ -31,8 +31,8 @@ from molgen.likelihood import elbo, upper_pair_mask
 from molgen.model import DiScoFormer, ModelOutput, posterior_probs
 from molgen.model.density import DENSITY_SCALE
 from molgen.training.corruptions import bond_corrupted
-from molgen.noise import LogSNRSchedule, NoiseProcess, expand, q_sample, symmetric_noise, tweedie_score
-from molgen.tokenizer import GraphBatch, pair_mask_of
+from molgen.noise import LogSNRSchedule, NoiseProcess, expand, noised, tweedie_score
+from molgen.tokenizer import GraphBatch
 
 
 @dataclass(frozen=True)
@@ -67,19 +67,15 @@ def training_losses(
     device = mask.device
     x_atoms, x_bonds = batch.one_hot(config.num_atom_types, config.num_bond_types)
     atom_mask, pair_mask = mask.float(), upper_pair_mask(mask).float()
-    full_pair_mask = pair_mask_of(mask)[..., None].float()
 
     # Stratified times: one per stratum of [0, 1] lowers the variance of every batch average.
     t = (torch.arange(size, device=device) + torch.rand(size, generator=generator, device=device)) / size
     t = t[torch.randperm(size, generator=generator, device=device)]
-    eps_atoms = torch.randn(x_atoms.shape, generator=generator, device=device) * mask[..., None]
-    eps_bonds = symmetric_noise(x_bonds.shape, generator, device, x_bonds.dtype) * full_pair_mask
     source_bonds, repaired = x_bonds, torch.zeros(size, dtype=torch.bool, device=device)
     if weights.bond_repair_share > 0:
         corrupted, repaired = bond_corrupted(model, batch, weights.bond_repair_share, generator)
         _, source_bonds = GraphBatch(batch.atoms, corrupted, mask).one_hot(config.num_atom_types, config.num_bond_types)
-    z_atoms = q_sample(x_atoms, t, noise.atoms, eps_atoms)
-    z_bonds = q_sample(source_bonds, t, noise.bonds, eps_bonds)
+    z_atoms, z_bonds, eps_atoms, eps_bonds = noised(x_atoms, source_bonds, mask, t, noise, generator)
 
     prev_atoms, prev_bonds = torch.zeros_like(x_atoms), torch.zeros_like(x_bonds)
     use_self_cond = torch.rand((), generator=generator, device=device).item() < weights.self_conditioning_rate

@@ -27,8 +27,7 @@ from molgen.checks import PROPERTIES
 from molgen.chemistry import parse_smiles_with_reason
 from molgen.model import denoise
 from molgen.model.properties import PropertyConfig
-from molgen.noise import q_sample, symmetric_noise
-from molgen.tokenizer import pair_mask_of
+from molgen.noise import noised
 from molgen.training.data import TrainingData, held_out_rows
 from molgen.training.distill import read_frozen_model
 
@@ -78,16 +77,6 @@ def property_table(smiles: list[str], names: tuple[str, ...], workers: int = 1) 
     return np.concatenate(parts) if parts else np.zeros((0, len(names)))
 
 
-def _noisy(model, noise, batch, t, generator):
-    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
-    atom_noise = torch.randn(x_atoms.shape, generator=generator, device=x_atoms.device)
-    bond_noise = symmetric_noise(x_bonds.shape, generator, x_bonds.device, x_bonds.dtype)
-    atom_mask = batch.mask[..., None].float()
-    pair_mask = pair_mask_of(batch.mask)[..., None].float()
-    return (q_sample(x_atoms, t, noise.atoms, atom_noise) * atom_mask,
-            q_sample(x_bonds, t, noise.bonds, bond_noise) * pair_mask)
-
-
 @torch.no_grad()
 def _states(model, noise, data: TrainingData, rows: np.ndarray, t: torch.Tensor, generator, null: torch.Tensor):
     """Final token states (B, 2 + N, d) at noise level ``t`` of the molecules ``rows``, as the sampler sees
@@ -96,7 +85,8 @@ def _states(model, noise, data: TrainingData, rows: np.ndarray, t: torch.Tensor,
     device = t.device
     batch, dist = batch.to(device), dist.to(device)
     dist = torch.where(null, torch.full_like(dist, model.null_distribution), dist)
-    z_atoms, z_bonds = _noisy(model, noise, batch, t, generator)
+    x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
+    z_atoms, z_bonds, _, _ = noised(x_atoms, x_bonds, batch.mask, t, noise, generator)
     output, _, _ = denoise(model, z_atoms, z_bonds, batch.mask, t, dist, noise)
     return output.final_states, batch.mask
 

@@ -42,9 +42,9 @@ from molgen.likelihood import upper_pair_mask
 from molgen.model import DiScoConfig, DiScoFormer, RepairAdapterConfig, model_denoiser, posterior_probs
 from molgen.model.features import kekule_features
 from molgen.model.repair import repair_gate
-from molgen.noise import NoiseProcess, q_sample, symmetric_noise
+from molgen.noise import NoiseProcess, noised
 from molgen.sampler import SamplerSettings, sample
-from molgen.tokenizer import GraphBatch, Vocabulary, pair_mask_of
+from molgen.tokenizer import GraphBatch, Vocabulary
 from molgen.training.corruptions import bond_corrupted, ring_atom_swapped
 from molgen.training.data import TrainingData
 
@@ -97,7 +97,6 @@ def noised_with_estimate(
     whose estimate opens the gate."""
     mask = batch.mask
     a, b = model.config.num_atom_types, model.config.num_bond_types
-    x_atoms, x_bonds = batch.one_hot(a, b)
     swapped, _ = ring_atom_swapped(model, batch, swaps, config.broken_share, generator)
     corrupted, _ = bond_corrupted(model, batch, config.broken_share, generator)
     source_atoms, source_bonds = GraphBatch(swapped, corrupted, mask).one_hot(a, b)
@@ -105,10 +104,8 @@ def noised_with_estimate(
     top = noise.atoms.t_of_logsnr(torch.tensor(config.max_logsnr))
     bottom = noise.atoms.t_of_logsnr(torch.tensor(config.min_logsnr))
     t = top + (bottom - top) * torch.rand(mask.shape[0], generator=generator)
-    z_atoms = q_sample(source_atoms, t, noise.atoms, torch.randn(x_atoms.shape, generator=generator)) * mask[..., None]
-    z_bonds = q_sample(source_bonds, t, noise.bonds, symmetric_noise(x_bonds.shape, generator, None, torch.float32))
-    inputs = (z_atoms, z_bonds * pair_mask_of(mask)[..., None], mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t),
-              dist)
+    z_atoms, z_bonds, _, _ = noised(source_atoms, source_bonds, mask, t, noise, generator)
+    inputs = (z_atoms, z_bonds, mask, noise.atoms.logsnr(t), noise.bonds.logsnr(t), dist)
     with torch.no_grad():
         estimate = posterior_probs(model(*inputs), mask)
         rows = (no_molecule(model, *estimate) & (inputs[3] >= model.config.repair.min_logsnr)).nonzero().squeeze(1)
