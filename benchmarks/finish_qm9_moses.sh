@@ -22,6 +22,10 @@ step() {  # step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists
   "$@"
 }
 
+# The distilled checkpoint of 2026-12-07 (EMA weights, the density head below, training-set hashes; no
+# optimizer) is committed: a fresh machine starts from it at the repair adapter.
+DISTILLED=benchmarks/checkpoints/qm9_moses_distilled.pt
+if [ ! -e "$OUT/distilled.pt" ] && [ -e "$DISTILLED" ]; then cp "$DISTILLED" "$OUT/distilled.pt"; fi
 # The density head onto importance-sampled ELBOs of training molecules of both sets and their mutants,
 # with per-atom terms; percentiles calibrated per distribution on each one's held-out molecules (~25 min).
 # --fresh-head: the run's own head ended stuck above its bound (+1,300 nats; see CHANGELOG, Fixed).
