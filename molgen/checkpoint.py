@@ -191,10 +191,16 @@ def model_path(path: str | os.PathLike | None = None, distribution: str | None =
         return bundled_models().get(str(path), path) if not path.exists() else path
     if distribution is None:
         return BUNDLED
+    # Else BUNDLED, whose own message then names the distributions it has.
+    return bundled_model_with(distribution) or BUNDLED
+
+
+def bundled_model_with(distribution: str) -> Path | None:
+    """The bundled model that has ``distribution`` (the default one first), None when none has."""
     for candidate in dict.fromkeys((BUNDLED, *bundled_models().values())):
         if distribution in read_checkpoint(candidate, FORMAT)["distributions"]:
             return candidate
-    return BUNDLED  # whose own message then names the distributions it has
+    return None
 
 
 def load_model(

@@ -190,12 +190,12 @@ def distribution_index(loaded: LoadedModel, name: str | None) -> int:
 
 def _bundled_hint(distribution: str) -> str:
     """Which bundled model has ``distribution``, as the end of an error message ('' when none does)."""
-    from molgen.checkpoint import FORMAT, bundled_models, read_checkpoint
+    from molgen.checkpoint import bundled_model_with
 
-    for name, path in bundled_models().items():
-        if distribution in read_checkpoint(path, FORMAT)["distributions"]:
-            return f" (the bundled model {name} has it: --checkpoint {name}, or molgen.load({name!r}))"
-    return ""
+    path = bundled_model_with(distribution)
+    if path is None:
+        return ""
+    return f" (the bundled model {path.stem} has it: --checkpoint {path.stem}, or molgen.load({path.stem!r}))"
 
 
 class Scorer:
