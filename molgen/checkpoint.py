@@ -277,6 +277,7 @@ class ModelCard:
     last_epoch: dict  # validation figures of the last epoch
     distillation: dict | None
     density_members: list[dict]  # fits of members added after the distillation
+    near_miss: dict | None  # the fit of the density head's near-miss term (molgen fit-near-miss)
     elbo_proposal: dict | None
     repair: dict | None
     property_head: dict | None  # the fit of the property head that guidance follows (molgen fit-properties)
@@ -312,6 +313,7 @@ class ModelCard:
                                                              "val_molecules") if key in loaded.metrics and key not in stale},
             distillation=meta.get("distillation"),
             density_members=list(meta.get("density_members", [])),
+            near_miss=meta.get("near_miss"),
             elbo_proposal=meta.get("elbo_proposal"),
             repair=meta.get("repair"),
             property_head=meta.get("property_head"),
@@ -359,6 +361,12 @@ class ModelCard:
                          f"{added['spearman_density_elbo_after']:.3f} on {added['check_molecules']} held-out molecules "
                          f"({'the member' if len(added['members']) == 1 else 'their mean'} alone: "
                          f"{added['spearman_new_members']:.3f})"))
+        if self.near_miss:
+            fit = self.near_miss
+            rows.append(("density: near-miss term",
+                         f"{fit['positives']:,} training molecules against {fit['negatives']:,} single-edit mutants, "
+                         f"{fit['epochs']} epochs; AUROC of D against mutants of {fit['check_molecules']:,} held-out "
+                         f"molecules {fit['auroc_vs_mutants_before']:.3f} -> {fit['auroc_vs_mutants_after']:.3f}"))
         if self.elbo_proposal:
             proposal = self.elbo_proposal
             rows.append(("ELBO importance proposal", f"re-estimated on {proposal['pilot_molecules']:,} training "

@@ -23,6 +23,7 @@ from molgen.cli.distill import distill  # noqa: E402
 from molgen.cli.evaluate import evaluate  # noqa: E402
 from molgen.cli.export import export  # noqa: E402
 from molgen.cli.filter import filter_command  # noqa: E402
+from molgen.cli.fit_near_miss import fit_near_miss  # noqa: E402
 from molgen.cli.fit_properties import fit_properties  # noqa: E402
 from molgen.cli.generate import generate  # noqa: E402
 from molgen.cli.info import info  # noqa: E402
@@ -56,6 +57,7 @@ for command in (check, train, distill, repair, generate, info, evaluate, score):
     app.command()(command)
 app.command("filter")(filter_command)
 app.command("fit-properties")(fit_properties)
+app.command("fit-near-miss")(fit_near_miss)
 app.command()(export)
 app.command()(adapt)
 app.add_typer(data_app, name="data")

@@ -42,11 +42,38 @@ def member_output(member: DensityMember, final_states: torch.Tensor, mask: torch
     return raw
 
 
+class NearMissTerm(nn.Module):
+    """A classifier's logit (B,) that a molecule is real rather than a single-edit near miss of one: a
+    density member on the final states standardised feature by feature. Normalised states differ
+    between molecules by a tenth of their spread within a state, and unstandardised the classifier
+    learns slowly (molgen fit-near-miss sets the statistics from the states it is fit on)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.member = DensityMember(d, atom_terms=True)
+        for name in ("cls", "atoms"):
+            self.register_buffer(f"{name}_mean", torch.zeros(d))
+            self.register_buffer(f"{name}_std", torch.ones(d))
+
+    def standardise_to(self, final_states: torch.Tensor, mask: torch.Tensor) -> None:
+        """Set the statistics to those of ``final_states`` (B, 2 + N, d), atoms where ``mask`` (B, N)."""
+        atoms = final_states[:, 2:][mask.bool()]
+        for name, values in (("cls", final_states[:, 1]), ("atoms", atoms)):
+            getattr(self, f"{name}_mean").copy_(values.mean(0))
+            getattr(self, f"{name}_std").copy_(values.std(0).clamp_min(1e-6))
+
+    def forward(self, final_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        standard = torch.cat([final_states[:, :1], ((final_states[:, 1:2] - self.cls_mean) / self.cls_std),
+                              (final_states[:, 2:] - self.atoms_mean) / self.atoms_std], 1)
+        return member_output(self.member, standard, mask)
+
+
 class DensityHead(nn.Module):
     def __init__(self, d: int, config: DensityConfig):
         super().__init__()
         self.members = nn.ModuleList(DensityMember(d, config.atom_terms) for _ in range(config.members))
         self.bounded = config.bounded
+        self.near_miss = NearMissTerm(d) if config.near_miss_term else None
         # Running mean of the density targets (nats), kept by the trainer: the head then learns
         # differences between molecules (tens of nats) instead of chasing a level that falls from
         # thousands of nats to tens while the score head trains.
@@ -73,6 +100,11 @@ class DensityHead(nn.Module):
         if extra is not None:
             value = value + extra
         return -F.softplus(-value) if self.bounded and bound else value
+
+    def near_miss_term(self, final_states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log P(real | molecule) in nats (B,), at most 0: the near-miss classifier's log-probability that
+        the molecule is one of the data's rather than a single-edit near miss of one."""
+        return F.logsigmoid(self.near_miss(final_states, mask))
 
     def parameters_of(self, members: Sequence[int] | None = None) -> list[nn.Parameter]:
         """The parameters of every member, or of ``members``, per-atom terms included."""

@@ -105,10 +105,19 @@ class DiScoFormer(nn.Module):
 
     def density_of(self, final_states: torch.Tensor, mask: torch.Tensor, dist: torch.Tensor,
                    bound: bool = True) -> torch.Tensor:
-        """D (B,) from final token states: the shared head, plus an adapted distribution's own term
-        (``bound=False``: before the head's bound, as the fits use it)."""
+        """D (B,) from final token states: the shared head, plus an adapted distribution's own term, plus
+        the near-miss term where the model has one (``bound=False``: the head's ELBO fit alone, before its
+        bound, as the fits use it)."""
         extra = self.adapters.density_term(final_states, mask, dist) if self.adapters is not None else None
-        return self.density(final_states, mask, extra=extra, bound=bound)
+        value = self.density(final_states, mask, extra=extra, bound=bound)
+        if bound and self.density.near_miss is not None:
+            # Fit on the base's distributions and the null id: an adapted distribution's molecules are
+            # not what it learned to call real, so they keep the head's value alone.
+            term = self.density.near_miss_term(final_states, mask)
+            if self.adapters is not None:
+                term = torch.where(dist == self.adapters.distribution, 0.0, term)
+            value = value + term
+        return value
 
     def token_states(
         self,

@@ -87,13 +87,15 @@ def calibration_quantiles(density: np.ndarray, dist: np.ndarray, names: list[str
             for index, name in enumerate(names) if (dist == index).any()}
 
 
-def with_mutants(data: TrainingData, count: int, seed: int) -> tuple[BatchOf, np.ndarray]:
-    """A batch source over ``data`` plus up to ``count`` single-edit mutants of training molecules
-    (each tagged with its parent's distribution), and the rows of the mutants in it. The mutants carry no label, only their own ELBO as target: they teach the head
-    what the model thinks of molecules just off the data, where users' candidates often lie."""
+def with_mutants(data: TrainingData, count: int, seed: int,
+                 parent_rows: np.ndarray | None = None) -> tuple[BatchOf, np.ndarray]:
+    """A batch source over ``data`` plus up to ``count`` single-edit mutants of molecules of
+    ``parent_rows`` (default: the training molecules), each tagged with its parent's distribution and in
+    none of ``data``'s splits, and the rows of the mutants in it. They show the density head molecules
+    just off the data, where users' candidates often lie."""
     rng = np.random.default_rng(seed)
-    train = data.indices("train")
-    parents = rng.permutation(train)[: 2 * count] if count else np.array([], dtype=np.int64)
+    pool = data.indices("train") if parent_rows is None else np.asarray(parent_rows)
+    parents = rng.permutation(pool)[: 2 * count] if count else np.array([], dtype=np.int64)
     elements = tuple(sorted({key[0] for key in data.vocab.atom_types if key[1] == 0}))
     found = single_edit_mutants([str(s) for s in data.smiles[parents]], set(map(str, data.smiles)), seed=seed,
                                 elements=elements, max_atoms=data.vocab.max_atoms)

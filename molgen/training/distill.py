@@ -94,11 +94,28 @@ def clean_states_and_elbo(
         estimate, _ = elbo(model, batch, dist, noise, size_log_probs[dist], samples, generator, proposal=proposal,
                            max_rows=max_rows)
         targets.append(estimate)
-    # Each chunk is padded to its own largest molecule: pad to the largest of all (masked out, as in one batch).
+    return (*joined(states, masks), torch.cat(targets))
+
+
+def joined(states: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunks of token states (M_k, 2 + N_k, d) and atom masks (M_k, N_k) as one of each. Each chunk is
+    padded to its own largest molecule: they are padded to the largest of all (masked out, as in one batch)."""
     n = max(mask.shape[1] for mask in masks)
     states = [torch.cat([s, s.new_zeros(s.shape[0], n + 2 - s.shape[1], s.shape[2])], 1) for s in states]
     masks = [torch.cat([m, m.new_zeros(m.shape[0], n - m.shape[1])], 1) for m in masks]
-    return torch.cat(states), torch.cat(masks), torch.cat(targets)
+    return torch.cat(states), torch.cat(masks)
+
+
+@torch.no_grad()
+def held_out_calibration(model: DiScoFormer, noise: NoiseProcess, data: TrainingData, device: str) -> dict:
+    """The calibration quantiles of ``model``'s D on ``data``'s held-out molecules, per distribution."""
+    held_out = held_out_rows(data)
+    densities, dists = [], []
+    for start in range(0, len(held_out), 500):
+        batch, dist = data.batch(held_out[start : start + 500])
+        densities.append(log_density(model, batch.to(device), dist.to(device), noise).cpu().numpy())
+        dists.append(dist.numpy())
+    return calibration_quantiles(np.concatenate(densities), np.concatenate(dists), data.names)
 
 
 def with_atom_terms(model: DiScoFormer) -> DiScoFormer:
@@ -293,13 +310,7 @@ def distill_checkpoint(
     report = distill_density_head(model, noise, batch_of, target_rows, check, size_log_probs, config, log,
                                   stored_proposal)
     report["mutant_targets"] = int(len(mutant_rows))
-    densities, dists = [], []
-    with torch.no_grad():
-        for start in range(0, len(held_out), 500):
-            batch, dist = data.batch(held_out[start : start + 500])
-            densities.append(log_density(model, batch.to(config.device), dist.to(config.device), noise).cpu().numpy())
-            dists.append(dist.numpy())
-    payload["calibration"] = calibration_quantiles(np.concatenate(densities), np.concatenate(dists), data.names)
+    payload["calibration"] = held_out_calibration(model, noise, data, config.device)
     payload["ema"] = model.cpu().state_dict()
     payload["model_config"] = model.config.to_dict()
     payload["meta"]["parameters"] = model.num_parameters()
