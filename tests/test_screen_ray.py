@@ -31,6 +31,22 @@ def require_ray():
     return ray
 
 
+def settled_parts(out, quiet_seconds: float = 3.0, limit_seconds: float = 60.0) -> dict:
+    """The part files (name: mtime) once none has appeared or changed for ``quiet_seconds``: the actors
+    of a killed driver finish the shard they have, later on a loaded machine (a fixed second was not
+    enough beside a training job)."""
+    deadline = time.time() + limit_seconds
+    seen, since = None, time.time()
+    while time.time() < deadline:
+        now = {p.name: p.stat().st_mtime_ns for p in out.glob("_shards/*.json")}
+        if now != seen:
+            seen, since = now, time.time()
+        elif time.time() - since >= quiet_seconds:
+            break
+        time.sleep(0.2)
+    return seen
+
+
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed_skips_the_written_parts(tiny_checkpoint, tmp_path):
     # First in the file: the command starts its own local Ray instance, before the module's is up.
@@ -48,8 +64,7 @@ def test_resume_after_the_driver_is_killed_skips_the_written_parts(tiny_checkpoi
     driver.wait()
     written = {p.name: p.stat().st_mtime_ns for p in out.glob("_shards/*.json")}
     assert 2 <= len(written) < 15 and not (out / "_manifest.json").exists()
-    time.sleep(1)  # an actor may still finish the shard it had: it counts as written
-    written = {p.name: p.stat().st_mtime_ns for p in out.glob("_shards/*.json")}
+    written = settled_parts(out)  # an actor may still finish the shard it had: it counts as written
     done = subprocess.run(command + ["--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"({len(written)} parts done before --resume)" in done.stdout and "1,500 rows" in done.stdout
