@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from molgen.checkpoint import load_model, model_path
+from molgen.checkpoint import BUNDLED, bundled_models, load_model, model_path
 from molgen.cli import common
 from molgen.io import read_molecules
 from molgen.scoring import Scorer
@@ -69,12 +69,15 @@ def screen(
         summary = common.streamed("scoring" if filter_spec is None else "filtering", lambda on_chunk: screen_file(
             input, output, scorer, smiles_column, chunk_size, workers, strict, resume, filter_spec, keep_failed,
             on_chunk))
-    report(f"{input} -> {output}", summary, started, f"{summary.skipped_on_resume:,} done before --resume")
+    report(f"{input} -> {output}", summary, started, f"{summary.skipped_on_resume:,} done before --resume",
+           checkpoint=checkpoint)
     return summary
 
 
-def report(what: str, summary: ScreenSummary, started: float, resumed: str, engine: str = "") -> None:
-    """The closing lines: rows, rows done before a resume, rate of this run; then rows per status."""
+def report(what: str, summary: ScreenSummary, started: float, resumed: str, engine: str = "",
+           checkpoint: Optional[Path] = None) -> None:
+    """The closing lines: rows, rows done before a resume, rate of this run; then rows per status, and
+    where the default model found rows out of its domain, the bundled model that takes drug-like ones."""
     seconds = time.perf_counter() - started
     new_rows = summary.rows - summary.skipped_on_resume
     out = Console()
@@ -83,6 +86,9 @@ def report(what: str, summary: ScreenSummary, started: float, resumed: str, engi
               highlight=False, soft_wrap=True)
     for name, count in sorted(summary.statuses.items()):
         out.print(f"  status {name}: {count:,}", highlight=False)
+    if summary.statuses.get("out_of_domain") and checkpoint == BUNDLED and "qm9_moses" in bundled_models():
+        out.print("  the default model takes QM9's molecules (at most 9 heavy atoms of C, N, O, F); drug-like "
+                  "molecules score under the bundled drug-like model: add --dist moses", highlight=False)
 
 
 def screen_on_ray(
@@ -105,5 +111,6 @@ def screen_on_ray(
             chunk_size=chunk_size, shard_rows=on.shard_rows, part_format=on.part_format, resume=resume,
             address=on.address, on_shard=on_chunk))
     report(f"{input} -> {output}/ ({summary.shards} parts, {output / MANIFEST})", summary, started,
-           f"{summary.shards_skipped_on_resume} parts done before --resume", f", {on.actors} actor{'s' * (on.actors > 1)}")
+           f"{summary.shards_skipped_on_resume} parts done before --resume", f", {on.actors} actor{'s' * (on.actors > 1)}",
+           checkpoint)
     return summary
