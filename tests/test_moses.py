@@ -3,6 +3,7 @@
 import gzip
 import json
 
+import pandas as pd
 import pytest
 from conftest import example_molecules
 from rdkit import Chem
@@ -80,6 +81,40 @@ def test_evaluate_dist_moses_on_a_checkpoint_and_on_samples(moses_folder, moses_
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     assert report["generation"]["valid"] == pytest.approx(40 / 41) and "density" not in report
+    assert "valid_without_correction" not in report["generation"]  # a bare SMILES file does not say
+
+
+def test_evaluate_dist_moses_on_generated_chunks_keeps_raw_validity_and_the_checkpoints_density(
+        moses_folder, moses_checkpoint, tmp_path):
+    """Samples drawn in resumable chunks by `molgen generate` and joined: the same report as sampling in
+    evaluate, validity without correction read from their raw_valid column."""
+    chunks = []
+    for seed in (0, 1):
+        path = tmp_path / f"chunk{seed}.csv"
+        result = runner.invoke(app, ["generate", "--checkpoint", str(moses_checkpoint), "--dist", "moses", "-n", "12",
+                                     "--steps", "4", "--seed", str(seed), "--no-filter", "-o", str(path)])
+        assert result.exit_code == 0, result.output
+        chunks.append(pd.read_csv(path))
+    joined = pd.concat(chunks)
+    joined.to_csv(tmp_path / "samples.csv", index=False)
+    report_path = tmp_path / "moses.json"
+    result = runner.invoke(app, ["evaluate", "--dist", "moses", "--moses-path", str(moses_folder), "--samples",
+                                 str(tmp_path / "samples.csv"), "--checkpoint", str(moses_checkpoint),
+                                 "--density-molecules", "20", "--elbo-samples", "4", "-o", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["generation"]["samples"] == 24
+    assert report["generation"]["valid_without_correction"] == pytest.approx(joined["raw_valid"].mean())
+    assert 0.0 <= report["density"]["log_density"]["auroc_vs_mutants"] <= 1.0
+    assert report["checkpoint"] == str(moses_checkpoint) and report["samples_file"].endswith("samples.csv")
+
+    joined.assign(raw_valid=["True"] * 23 + ["maybe"]).to_csv(tmp_path / "bad.csv", index=False)
+    result = runner.invoke(app, ["evaluate", "--dist", "moses", "--moses-path", str(moses_folder), "--samples",
+                                 str(tmp_path / "bad.csv"), "-o", str(report_path)])
+    assert result.exit_code == 2 and "row 23: raw_valid is 'maybe'" in result.output
+    result = runner.invoke(app, ["evaluate", "--samples", str(tmp_path / "samples.csv"), "--checkpoint",
+                                 str(moses_checkpoint), "-o", str(report_path)])
+    assert result.exit_code == 2 and "--dist moses takes both" in " ".join(result.output.split())
 
 
 def test_evaluate_dist_moses_says_what_is_missing(moses_folder, tiny_checkpoint, tmp_path):

@@ -23,7 +23,9 @@ def evaluate(
     output: Path = typer.Option(..., "--output", "-o", help="Report JSON."),
     checkpoint: Optional[Path] = common.checkpoint_option(),
     samples: Optional[Path] = typer.Option(
-        None, help="Evaluate the molecules of this file (any model's samples) instead of sampling a checkpoint."
+        None, help="Evaluate the molecules of this file (any model's samples) instead of sampling a checkpoint; "
+        "its raw_valid column, as `molgen generate` writes it, gives validity without correction. With --dist "
+        "moses and --checkpoint, the density metrics are that checkpoint's."
     ),
     smiles_column: Optional[str] = typer.Option(None, help="SMILES column of --samples (default: detected)."),
     n: int = typer.Option(10_000, "-n", min=2, help="Samples to draw (the published tables use 10,000)."),
@@ -58,6 +60,9 @@ def evaluate(
     from molgen.evaluation.report import evaluate_discoformer, load_reference_data
 
     with common.exit_codes():
+        if samples is not None and checkpoint is not None:
+            raise ValueError("--samples with --checkpoint: the QM9 protocol evaluates one or the other; "
+                             "--dist moses takes both (the file's molecules, the checkpoint's density)")
         loaded = load_model(checkpoint) if samples is None else None
         with common.console.status("loading QM9 and building decoys"):
             data = load_reference_data(qm9_path, density_molecules, seed=seed)
@@ -91,20 +96,26 @@ def _evaluate_moses(output: Path, checkpoint: Optional[Path], samples: Optional[
 
     with common.exit_codes():
         folder = locate_moses(moses_path)
-        checkpoint = model_path(checkpoint, "moses")
-        loaded = load_model(checkpoint) if samples is None else None
+        # --samples alone: the file's molecules only; with --checkpoint as well, that model's density too.
+        loaded = None
+        if samples is None or checkpoint is not None:
+            checkpoint = model_path(checkpoint, "moses")
+            loaded = load_model(checkpoint)
         if loaded is not None and "moses" not in loaded.distributions:
             raise ValueError(f"{checkpoint.name} has no moses distribution (it has "
                              f"{', '.join(loaded.distributions)}): evaluate a drug-like checkpoint, or --samples FILE")
-        sample_smiles = None
+        sample_smiles = raw_valid = None
         if samples is not None:
-            sample_smiles = [s for chunk in read_molecules(samples, smiles_column=smiles_column) for s in chunk.smiles]
+            sample_smiles, raw_valid = read_samples(samples, smiles_column)
     started = time.perf_counter()
     with common.console.status("evaluating") as status:
         data, statistics = load_moses_reference(folder, density_molecules, seed, log=status.update)
         report = evaluate_moses(loaded, data, statistics, n, seed, elbo_samples, sampler, samples=sample_smiles,
-                                log=status.update)
-    report["checkpoint" if samples is None else "samples_file"] = str(samples or checkpoint)
+                                samples_raw_valid=raw_valid, log=status.update)
+    if samples is not None:
+        report["samples_file"] = str(samples)
+    if loaded is not None:
+        report["checkpoint"] = str(checkpoint)
     report["settings"] = {"dist": "moses", "n": n, "seed": seed, "density_molecules": density_molecules,
                           "elbo_samples": elbo_samples}
     report["molgen_version"] = __version__
@@ -112,6 +123,25 @@ def _evaluate_moses(output: Path, checkpoint: Optional[Path], samples: Optional[
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     Console().print(moses_table(report), soft_wrap=True)
+
+
+def read_samples(path: Path, smiles_column: Optional[str]) -> tuple[list[str | None], list[bool] | None]:
+    """The SMILES of a samples file and, where it has molgen generate's ``raw_valid`` column, whether each
+    sample was a molecule before the constrained decode (None without that column)."""
+    smiles: list[str | None] = []
+    raw_valid: list[bool] | None = []
+    for chunk in read_molecules(path, smiles_column=smiles_column):
+        smiles += chunk.smiles
+        if raw_valid is not None and "raw_valid" in chunk.frame:
+            flags = chunk.frame["raw_valid"].str.strip().str.lower()
+            unreadable = ~flags.isin(["true", "false"])
+            if unreadable.any():
+                row = int(flags.index[unreadable][0])
+                raise ValueError(f"{path}: row {row}: raw_valid is {chunk.frame['raw_valid'][row]!r}, not True or False")
+            raw_valid += (flags == "true").tolist()
+        else:
+            raw_valid = None
+    return smiles, raw_valid
 
 
 MOSES_ROWS = [("valid (after correction)", "valid", "percent"), ("valid without correction", "valid_without_correction",

@@ -70,10 +70,11 @@ def floor_reference(data: ReferenceData, statistics: ReferenceStatistics, n: int
 def evaluate_moses(
     loaded: LoadedModel | None, data: ReferenceData, statistics: ReferenceStatistics, n: int = 10_000,
     seed: int = 0, elbo_samples: int = 256, sampler: SamplerSettings = SamplerSettings(), distribution: str = "moses",
-    samples: list[str] | None = None, log: Log = lambda message: None,
+    samples: list[str] | None = None, samples_raw_valid: list[bool] | None = None, log: Log = lambda message: None,
 ) -> dict:
-    """The MOSES report: the generation metrics of ``n`` samples of ``distribution`` (or of ``samples``),
-    the random-train floor, and with a model its density metrics beside kNN-Tanimoto's."""
+    """The MOSES report: the generation metrics of ``n`` samples of ``distribution`` (or of ``samples``,
+    with ``samples_raw_valid`` where their raw validity is known), the random-train floor, and with a
+    model its density metrics beside kNN-Tanimoto's."""
     train = set(data.train)
     report: dict = {}
     if samples is None:
@@ -86,7 +87,7 @@ def evaluate_moses(
         report["generation"]["sampling_molecules_per_second"] = n / seconds
     else:
         log(f"MOSES metrics of {len(samples):,} molecules")
-        report["generation"] = moses_metrics(samples, statistics, train)
+        report["generation"] = moses_metrics(samples, statistics, train, samples_raw_valid)
     log("random-train floor")
     report["reference_train_sample"] = floor_reference(data, statistics, report["generation"]["samples"], seed)
     if loaded is not None:
