@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 from molgen.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from molgen.cli import app
 from molgen.model.config import AdapterConfig
-from molgen.training.adapt import AdaptConfig, adapt, adapted_model, extended, read_set
+from molgen.pyg import MoleculeGraphs
+from molgen.training.adapt import (AdaptConfig, adapt, adapted_model, extended, held_out_bounds, read_set,
+                                     split_rows)
 
 runner = CliRunner()
 
@@ -62,6 +64,18 @@ def test_adapt_accounts_for_every_row_trains_only_the_new_parts_and_resumes(tmp_
     assert fit["molecules"] == 64 and -1 <= fit["spearman_density_elbo_before"] <= 1
     assert 0 <= fit["epochs_kept"] <= 20 and -1 <= fit["spearman_density_elbo_after"] <= 1
     assert any(key.startswith("adapters.density.") for key in payload["weights"])
+    # The zero-shot rows, measured again on the adapted file: the null id's, and under the set's own sizes
+    # (derived from it by its size term alone) what a full pass with that size table gives.
+    loaded = adapted_model(base, payload)
+    null = loaded.model.config.num_distributions
+    tables = torch.log(torch.tensor(loaded.size_distributions, dtype=torch.float32) + 1e-12)
+    own = tables.clone()
+    own[null] = tables[1]
+    graphs = MoleculeGraphs.from_dense(encoded.atoms, encoded.bonds, encoded.sizes)
+    checked = split_rows(len(encoded.positions), config.val_fraction, config.seed)[1][: config.check_molecules]
+    for label, table in (("null (zero-shot)", tables), ("null (zero-shot, the set's sizes)", own)):
+        bounds = held_out_bounds(loaded.model, loaded, graphs, checked, null, table, config.elbo_samples, config.seed)
+        assert card["held_out"][label]["nll_nats"] == pytest.approx(bounds.mean(), abs=1e-4), label
     # Resume: the same run continues from its work file to more steps.
     more, card = adapt(base, encoded, smiles, AdaptConfig(**{**config.to_dict(), "max_steps": 9}), base.digest, "tiny.pt", work)
     assert card["steps"] == 9

@@ -46,9 +46,14 @@ class AdaptConfig:
     batch_size: int = 64
     lr: float = 3e-3
     val_fraction: float = 0.2
-    elbo_samples: int = 32  # noise levels per held-out ELBO
-    density_molecules: int = 2_000  # training molecules whose ELBO the distribution's density term is fit on
-    density_samples: int = 32  # noise levels per such ELBO
+    # What follows training costs ELBO passes (two forward calls a noise level): on drug-like molecules
+    # about 100 molecule-levels/s on 2 cores, so these keep it to a few minutes. Every row of the
+    # held-out table is measured on the same molecules (the zero-shot ones with the same noise too):
+    # their differences are paired, far tighter than each row's standard error over molecules.
+    elbo_samples: int = 8  # noise levels per held-out ELBO
+    check_molecules: int = 256  # held-out molecules of the NLL table (calibration uses all of them)
+    density_molecules: int = 1_000  # training molecules whose ELBO the distribution's density term is fit on
+    density_samples: int = 16  # noise levels per such ELBO
     density_epochs: int = 300
     checkpoint_minutes: float = 2.0
     seed: int = 0
@@ -167,13 +172,14 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     to ``density_molecules`` training molecules, the residual of the shared head regressed by the
     term's member (Huber, 2 nats). A fifth of those molecules decides when to stop (the term as it was
     at its best there, zero included: a small set's noisy targets are easy to overfit). Returns
-    Spearman(D, -ELBO) on the held-out molecules before and after, and (``held_out_elbo``) their ELBO
-    estimates, which the term does not change."""
+    Spearman(D, -ELBO) on the first ``check_molecules`` held-out molecules before and after, and
+    (``held_out_elbo``) their ELBO estimates, which the term does not change."""
     index = model.config.adapter.distribution
     rows = np.random.default_rng(config.seed).permutation(train)[: config.density_molecules]
     states, masks, shared, bounds = states_and_elbo(model, loaded, graphs, rows, index, size_log_probs,
                                                     config.density_samples, config.seed)
-    check = states_and_elbo(model, loaded, graphs, held, index, size_log_probs, config.elbo_samples, config.seed + 1)
+    check = states_and_elbo(model, loaded, graphs, held[: config.check_molecules], index, size_log_probs,
+                            config.elbo_samples, config.seed + 1)
     member = model.adapters.density
     residual = (-bounds - shared) / DENSITY_SCALE
     stop = max(1, len(rows) // 5)
@@ -209,25 +215,35 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
 
 
 @torch.no_grad()
-def held_out_figures(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, rows: np.ndarray,
-                     dist_index: int, size_log_probs: torch.Tensor, samples: int, seed: int,
-                     elbos: torch.Tensor | None = None) -> dict:
-    """Held-out NLL bound (nats/molecule, mean and standard error) and log_density of ``rows`` under
-    the distribution ``dist_index`` of ``model``; ``elbos``: the rows' ELBO estimates, when known."""
+def held_out_bounds(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, rows: np.ndarray,
+                    dist_index: int, size_log_probs: torch.Tensor, samples: int, seed: int) -> np.ndarray:
+    """ELBO estimates, the bound on -log P (nats), of ``rows`` under the distribution ``dist_index``."""
     generator = torch.Generator().manual_seed(seed)
-    bounds, densities = [], []
+    bounds = []
     for start in range(0, len(rows), 256):
         batch = graphs.dense(rows[start : start + 256])
         dist = torch.full((batch.mask.shape[0],), dist_index, dtype=torch.long)
-        if elbos is None:
-            estimate, _ = elbo(model, batch, dist, loaded.noise, size_log_probs[dist], samples, generator,
-                               proposal=loaded.elbo_proposal)
-            bounds.append(estimate.numpy())
+        bounds.append(elbo(model, batch, dist, loaded.noise, size_log_probs[dist], samples, generator,
+                           proposal=loaded.elbo_proposal)[0].numpy())
+    return np.concatenate(bounds) if bounds else np.zeros(0)
+
+
+def nll_figures(bounds: np.ndarray) -> dict:
+    """Mean NLL bound (nats/molecule) of the held-out molecules and its standard error over them."""
+    return {"nll_nats": float(bounds.mean()) if len(bounds) else None,
+            "nll_stderr": float(bounds.std(ddof=1) / math.sqrt(len(bounds))) if len(bounds) > 1 else None}
+
+
+@torch.no_grad()
+def held_out_log_density(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, rows: np.ndarray,
+                         dist_index: int) -> np.ndarray:
+    """log_density of ``rows`` under the distribution ``dist_index``: one forward call, no ELBO."""
+    densities = []
+    for start in range(0, len(rows), 256):
+        batch = graphs.dense(rows[start : start + 256])
+        dist = torch.full((batch.mask.shape[0],), dist_index, dtype=torch.long)
         densities.append(log_density(model, batch, dist, loaded.noise).numpy())
-    bound = elbos.numpy() if elbos is not None else np.concatenate(bounds) if bounds else np.zeros(0)
-    return {"nll_nats": float(bound.mean()) if len(bound) else None,
-            "nll_stderr": float(bound.std(ddof=1) / math.sqrt(len(bound))) if len(bound) > 1 else None,
-            "log_density": np.concatenate(densities) if densities else np.zeros(0)}
+    return np.concatenate(densities) if densities else np.zeros(0)
 
 
 def adapt(
@@ -297,22 +313,24 @@ def adapt(
     log("fitting the distribution's density term")
     density_fit = fit_density_term(model, loaded, graphs, train, held, size_log_probs, config)
     held_out_elbo = density_fit.pop("held_out_elbo")
-    figures = {}
+    log("held-out figures: the new distribution beside the zero-shot rows")
+    checked = held[: config.check_molecules]
     null_index = model.config.num_distributions
-    rows_by = {"adapted": index, "null (zero-shot)": null_index}
+    figures = {"adapted": nll_figures(held_out_elbo.numpy())}
+    rows_by = {"null (zero-shot)": null_index}
     rows_by.update({f"{name} (zero-shot)": position for position, name in enumerate(loaded.distributions)})
-    # The null id under the set's own size histogram: how much of the gain is the sizes alone.
-    own_sizes = size_log_probs.clone()
-    own_sizes[null_index] = size_log_probs[index]
-    tables = {label: size_log_probs for label in rows_by}
-    rows_by["null (zero-shot, the set's sizes)"] = null_index
-    tables["null (zero-shot, the set's sizes)"] = own_sizes
     for label, dist_index in rows_by.items():
-        result = held_out_figures(model, loaded, graphs, held, dist_index, tables[label], config.elbo_samples, config.seed,
-                                  held_out_elbo if label == "adapted" else None)
-        figures[label] = {"nll_nats": result["nll_nats"], "nll_stderr": result["nll_stderr"]}
-        if label == "adapted":
-            calibration = np.quantile(result["log_density"], np.linspace(0, 1, CALIBRATION_QUANTILES)).tolist()
+        bounds = held_out_bounds(model, loaded, graphs, checked, dist_index, size_log_probs, config.elbo_samples,
+                                 config.seed)
+        figures[label] = nll_figures(bounds)
+        if dist_index == null_index:
+            # The null id under the set's own size histogram: how much of the gain is the sizes alone.
+            # Only the size term -log p(n) of the bound changes, so no second pass is needed.
+            sizes_of = torch.from_numpy(graphs.sizes[checked].astype(np.int64))
+            own_sizes = bounds + (size_log_probs[null_index][sizes_of] - size_log_probs[index][sizes_of]).numpy()
+            figures["null (zero-shot, the set's sizes)"] = nll_figures(own_sizes)
+    density = held_out_log_density(model, loaded, graphs, held, index)
+    calibration = np.quantile(density, np.linspace(0, 1, CALIBRATION_QUANTILES)).tolist()
     card = {
         "name": config.name,
         "base": {"name": base_name, "digest": base_digest},
