@@ -53,7 +53,7 @@ class AdaptConfig:
     elbo_samples: int = 8  # noise levels per held-out ELBO
     check_molecules: int = 256  # held-out molecules of the NLL table (calibration uses all of them)
     density_molecules: int = 1_000  # training molecules whose ELBO the distribution's density term is fit on
-    density_samples: int = 16  # noise levels per such ELBO
+    density_samples: int = 8  # noise levels per such ELBO (the fit averages their noise over the molecules)
     density_epochs: int = 300
     checkpoint_minutes: float = 2.0
     seed: int = 0
