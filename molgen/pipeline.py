@@ -136,7 +136,10 @@ def generate(
     frame["failed_checks"] = checks["failed_checks"]
     properties = checks.drop(columns=["status", "reason", "passed_checks", "failed_checks"])
     frame = pd.concat([frame, properties], axis=1)
-    eligible = frame["unique"].copy()
+    # The rank orders by log_density: a sample the density head could not read (its decoded molecule
+    # outside the model's vocabulary) stays unranked, with or without the filters.
+    scored = frame["log_density"].notna()
+    eligible = frame["unique"] & scored
     if options.apply_filters:
         eligible &= frame["passed_density"] & frame["passed_checks"]
     order = frame.loc[eligible, "log_density"].rank(ascending=False, method="first")
@@ -148,6 +151,7 @@ def generate(
         "unique": int(frame["unique"].sum()),
         "novel": int(frame["novel"].sum()) if frame["novel"].notna().all() else None,
         "thinned": int(frame["thinned"].sum()),
+        "unscored": int((frame["unique"] & ~scored).sum()),
         "passed_density": int((frame["unique"] & frame["passed_density"]).sum()),
         "passed_checks": int((frame["unique"] & frame["passed_checks"]).sum()),
         "passed_both": int((frame["unique"] & frame["passed_density"] & frame["passed_checks"]).sum()),

@@ -184,3 +184,29 @@ def test_generate_marks_thinned_rows_and_can_turn_the_rule_off(tiny_checkpoint):
     assert model.last_stats["thinned"] == int(frame["thinned"].sum())
     plain = model.generate(60, seed=2, steps=8, match_profile=False)
     assert not plain["thinned"].any()
+
+
+@pytest.mark.parametrize("apply_filters, min_percentile", [(False, 0.5), (True, 0.0)])
+def test_a_sample_the_density_head_cannot_read_stays_unranked_and_is_counted(tiny_checkpoint, monkeypatch,
+                                                                              apply_filters, min_percentile):
+    """A decoded sample outside the model's domain has no log_density: with --no-filter or --min-percentile
+    0 it is still eligible, and ranking it must not fail (it did: 'Cannot convert non-finite values')."""
+    import molgen.pipeline as pipeline
+
+    class Blind(pipeline.Scorer):
+        def score_smiles(self, smiles, index=None):
+            scores = super().score_smiles(smiles, index)
+            scores.iloc[0, scores.columns.get_loc("log_density")] = np.nan
+            scores.iloc[0, scores.columns.get_loc("density_percentile")] = np.nan
+            return scores
+
+    monkeypatch.setattr(pipeline, "Scorer", Blind)
+    loaded = load_model(tiny_checkpoint)
+    frame, stats = generate(loaded, GenerateOptions(n=20, seed=0, sampler=SamplerSettings(steps=6),
+                                                    apply_filters=apply_filters, min_percentile=min_percentile))
+    assert len(frame) == 20 and stats["unscored"] == 1
+    unscored = frame[frame["log_density"].isna()]
+    assert len(unscored) == 1 and unscored["rank"].isna().all()
+    ranked = frame.dropna(subset=["rank"])
+    assert ranked["rank"].tolist() == list(range(1, len(ranked) + 1))
+    assert ranked["log_density"].is_monotonic_decreasing

@@ -23,7 +23,8 @@ from molgen.sampler import SamplerSettings
 
 # Rows of the summary table: label, key of the run's statistics.
 SUMMARY_ROWS = [("proposed", "proposed"), ("valid without correction", "raw_valid"), ("unique", "unique"),
-                ("novel", "novel"), ("thinned to the data's density profile", "thinned"),
+                ("novel", "novel"), ("no log_density (outside the model's domain)", "unscored"),
+                ("thinned to the data's density profile", "thinned"),
                 ("passed density", "passed_density"), ("passed checks", "passed_checks"),
                 ("passed density and checks", "passed_both")]
 
@@ -114,6 +115,8 @@ def _summary(stats: dict, n: int, elapsed: float) -> Table:
     table.add_column("share", justify="right")
     for label, key in SUMMARY_ROWS + ([("on target (RDKit)", "on_target")] if "on_target" in stats else []):
         value = stats.get(key)
+        if key == "unscored" and not value:
+            continue  # the usual case: every sample read by the density head
         table.add_row(label, "n/a" if value is None else f"{value:,}",
                       "" if value is None else f"{100 * value / max(stats['proposed'], 1):.1f}%")
     if stats.get("acceptance_rate") is not None:
