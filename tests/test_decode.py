@@ -3,7 +3,7 @@ import pytest
 from rdkit import Chem
 
 from molgen.chemistry import canonical_smiles, fragment_count, parse_smiles
-from molgen.decode import decode_constrained, decode_raw
+from molgen.decode import build_molecule, decode_constrained, decode_raw
 from molgen.tokenizer import Vocabulary, encode, molecular_graph
 
 QM9_LIKE = ["C", "C#N", "C[N+](=O)[O-]", "[C-]#[N+]C", "[NH3+]CC(=O)[O-]", "[N-]=[N+]=NC", "FC(F)F", "c1ccoc1"]
@@ -73,3 +73,30 @@ def test_constrained_decode_changes_atom_types_when_no_tree_fits(vocab):
     mol = decode_constrained(atom_probs, bond_probs, vocab).mol
     assert fragment_count(mol) == 1
     assert sum(a.GetSymbol() == "F" for a in mol.GetAtoms()) == 2
+
+
+def test_a_graph_whose_smiles_rdkit_cannot_read_back_is_not_raw_valid_and_decodes_to_one_it_can():
+    """From 10,000 drug-like samples: a fused ring system with a sulfur that RDKit sanitizes, perceives as
+    aromatic and writes as `...c1-s32`, which it then cannot kekulize on reading."""
+    from molgen.checkpoint import load_model
+
+    vocab = load_model("qm9_moses").vocab
+    written = "CS(=O)(=O)NC(=O)c1cccncc2cccc3ccc1-s32"
+    assert Chem.MolFromSmiles(written) is None
+    mol = Chem.MolFromSmiles(written, sanitize=False)
+    mol.UpdatePropertyCache(strict=False)
+    tokens = encode(mol, vocab)
+    bonds = tokens.bonds.copy()
+    sulfur = next(i for i, t in enumerate(tokens.atoms) if vocab.atom_types[t][0] == "S" and 4 in bonds[i])
+    neighbours = np.flatnonzero(bonds[sulfur])
+    for neighbour, bond in zip(neighbours, (1, 1, 4)):  # the sampler's bonds: two single, one aromatic
+        bonds[sulfur, neighbour] = bonds[neighbour, sulfur] = bond
+    atom_probs = np.eye(vocab.num_atom_types)[tokens.atoms]
+    bond_probs = np.eye(vocab.num_bond_types)[bonds]
+    mol = build_molecule(tokens.atoms, bonds, vocab)
+    Chem.SanitizeMol(mol)  # RDKit accepts the graph ...
+    assert Chem.MolFromSmiles(Chem.MolToSmiles(mol)) is None  # ... but not the SMILES it writes for it
+    raw = decode_raw(atom_probs, bond_probs, vocab)
+    assert not raw.valid and raw.failure == "round_trip"
+    fixed = decode_constrained(atom_probs, bond_probs, vocab, raw)
+    assert fixed.changed and Chem.MolFromSmiles(Chem.MolToSmiles(fixed.mol)) is not None
