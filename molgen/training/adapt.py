@@ -214,15 +214,20 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
             "spearman_density_elbo_after": spearman(after.numpy(), -check[3].numpy()), "held_out_elbo": check[3]}
 
 
+def held_out_batches(graphs: MoleculeGraphs, rows: np.ndarray, dist_index: int, size: int = 256):
+    """``rows`` as dense batches of ``size`` molecules, each with its distribution ids (all ``dist_index``)."""
+    for start in range(0, len(rows), size):
+        batch = graphs.dense(rows[start : start + size])
+        yield batch, torch.full((batch.mask.shape[0],), dist_index, dtype=torch.long)
+
+
 @torch.no_grad()
 def held_out_bounds(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, rows: np.ndarray,
                     dist_index: int, size_log_probs: torch.Tensor, samples: int, seed: int) -> np.ndarray:
     """ELBO estimates, the bound on -log P (nats), of ``rows`` under the distribution ``dist_index``."""
     generator = torch.Generator().manual_seed(seed)
     bounds = []
-    for start in range(0, len(rows), 256):
-        batch = graphs.dense(rows[start : start + 256])
-        dist = torch.full((batch.mask.shape[0],), dist_index, dtype=torch.long)
+    for batch, dist in held_out_batches(graphs, rows, dist_index):
         bounds.append(elbo(model, batch, dist, loaded.noise, size_log_probs[dist], samples, generator,
                            proposal=loaded.elbo_proposal)[0].numpy())
     return np.concatenate(bounds) if bounds else np.zeros(0)
@@ -239,9 +244,7 @@ def held_out_log_density(model: DiScoFormer, loaded: LoadedModel, graphs: Molecu
                          dist_index: int) -> np.ndarray:
     """log_density of ``rows`` under the distribution ``dist_index``: one forward call, no ELBO."""
     densities = []
-    for start in range(0, len(rows), 256):
-        batch = graphs.dense(rows[start : start + 256])
-        dist = torch.full((batch.mask.shape[0],), dist_index, dtype=torch.long)
+    for batch, dist in held_out_batches(graphs, rows, dist_index):
         densities.append(log_density(model, batch, dist, loaded.noise).numpy())
     return np.concatenate(densities) if densities else np.zeros(0)
 
