@@ -9,8 +9,9 @@ For each MoleculeNet set of ../shared/data/molnet (split 80/20 by `molgen adapt`
     on the same molecules and noise) and beside a DiScoFormer of the base's size trained from scratch
     on the set's training part for the same minutes (`molgen train --max-minutes M
     --schedule-minutes M`), its ELBO of the same held-out molecules (`molgen score --exact`);
-  * AUROC of log_density under the new distribution: the set's held-out molecules against held-out
-    molecules of the base's distributions (1,000 of each test split the base has data for);
+  * AUROC of log_density under the new distribution, and of its log_ratio to the null id (`molgen score
+    --versus null`): the set's held-out molecules against held-out molecules of the base's distributions
+    (1,000 of each test split the base has data for);
   * ``-n`` samples from the new distribution and from the base's nearest distribution: FCD to the
     set's held-out part, validity without correction, uniqueness;
   * the base's own figures after loading the adapter: generate and score under the base's
@@ -93,14 +94,16 @@ def one_set(name: str, base: Path, minutes: float, n: int, seed: int) -> dict:
            f"--max-atoms={loaded_base.vocab.max_atoms}", *sizes)
     scratch_scores = Scorer(load_model(scratch / "checkpoint.pt"), exact=True).score_smiles(held_smiles)
 
-    # Density AUROC under the new distribution: the set's held-out molecules against the base's.
-    scorer = Scorer(adapted, payload["name"])
-    own = scorer.score_smiles(held_smiles)["log_density"].to_numpy()
-    aurocs = {}
+    # AUROC under the new distribution, the set's held-out molecules against the base's: of log_density,
+    # and of log_ratio against the null id (the in-series score, `molgen score --versus null`).
+    scorer = Scorer(adapted, payload["name"], versus="null")
+    own = scorer.score_smiles(held_smiles)
+    aurocs = {"log_density": {}, "log_ratio_vs_null": {}}
     base_held_out = base_test_molecules(loaded_base, 1000, seed)
     for distribution, molecules in base_held_out.items():
-        other = scorer.score_smiles(molecules)["log_density"].to_numpy()
-        aurocs[distribution] = auroc(own[~np.isnan(own)], other[~np.isnan(other)])
+        other = scorer.score_smiles(molecules)
+        for score, column in (("log_density", "log_density"), ("log_ratio_vs_null", "log_ratio")):
+            aurocs[score][distribution] = auroc(own[column].dropna().to_numpy(), other[column].dropna().to_numpy())
 
     # Samples: the new distribution against the base's nearest one (lowest zero-shot held-out NLL).
     zero_shot = {label: figures["nll_nats"] for label, figures in card["held_out"].items() if label != "adapted"}
@@ -123,7 +126,7 @@ def one_set(name: str, base: Path, minutes: float, n: int, seed: int) -> dict:
         # elbo_nats is the bound on log P: the NLL bound is its negative.
         "scratch": {"minutes": minutes, "held_out_nll_nats": -float(np.nanmean(scratch_scores["elbo_nats"])),
                     "held_out_scored": int(scratch_scores["elbo_nats"].notna().sum())},
-        "auroc_log_density_vs_base_held_out": aurocs,
+        "auroc_vs_base_held_out": aurocs,
         "samples": samples,
         "base_bit_identical": bool(identical),
     }
@@ -150,8 +153,10 @@ def main() -> None:
                      f"{result['file_bytes'] / 1e6:.2f} MB"))
         rows.append((name, "rows per status", ", ".join(f"{count} {status}" for status, count in
                                                            card["molecules"]["statuses"].items())))
-        for distribution, value in result["auroc_log_density_vs_base_held_out"].items():
-            rows.append((name, f"AUROC of log_density, held-out set vs {distribution} test", f"{value:.3f}"))
+        for score, values in result["auroc_vs_base_held_out"].items():
+            for distribution, value in values.items():
+                rows.append((name, f"AUROC of {score.replace('_vs_', ' vs ')}, held-out set vs {distribution} test",
+                             f"{value:.3f}"))
         for arm, figures in result["samples"].items():
             rows.append((name, f"{args.n} samples, {arm}: FCD to held-out / valid w/o correction / unique",
                          f"{figures['fcd_to_held_out']:.2f} / {100 * figures['validity_without_correction']:.1f}% / "

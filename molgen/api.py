@@ -17,7 +17,8 @@ from molgen.pipeline import DEFAULT_GUIDANCE_SCALE, GenerateOptions, generate
 from molgen.sampler import SamplerSettings
 from molgen.io import resolve_smiles_column
 from molgen.pyg import smiles_to_data
-from molgen.scoring import DEFAULT_MIN_PERCENTILE, EXACT_COLUMNS, SCORE_COLUMNS, Scorer, encode_graphs
+from molgen.scoring import (DEFAULT_MIN_PERCENTILE, EXACT_COLUMNS, RATIO_COLUMNS, SCORE_COLUMNS, Scorer,
+                             encode_graphs)
 from molgen.screen import FILTER_COLUMNS, FilterSpec, filter_columns
 
 
@@ -79,22 +80,24 @@ class Model:
 
     def score(
         self, molecules: "pd.DataFrame | list[str] | str | list[Data]", smiles_column: str | None = None,
-        exact: bool = False, distribution: str | None = None,
+        exact: bool = False, distribution: str | None = None, versus: str | None = None,
     ) -> pd.DataFrame:
         """Score SMILES (a string, a list, or a DataFrame column): the DataFrame comes back with
         ``log_density``, ``density_percentile``, ``status`` and ``reason`` appended (and the ELBO and
-        its standard error with ``exact``); a list gives a DataFrame with a ``smiles`` column.
+        its standard error with ``exact``; ``log_ratio``, log_density minus that under the distribution
+        ``versus`` names, e.g. "null", with ``versus``); a list gives a DataFrame with a ``smiles`` column.
         ``smiles_column`` defaults to a column named smiles in any case, as on the command line; a
         frame molgen scored before gets its score columns replaced, not repeated. A list of
         torch-geometric graphs in this model's vocabulary (:meth:`to_pyg`) gives one row per graph."""
         if isinstance(molecules, (list, tuple)) and molecules and isinstance(molecules[0], Data):
-            scorer = Scorer(self.loaded, distribution, self.device, exact=exact)
+            scorer = Scorer(self.loaded, distribution, self.device, exact=exact, versus=versus)
             encoded = encode_graphs(list(molecules), self.loaded.vocab)
             return scorer.score_encoded(encoded, pd.RangeIndex(len(molecules)))
         frame, column = _as_frame(molecules, smiles_column)
-        frame = _without_earlier_results(frame, SCORE_COLUMNS + EXACT_COLUMNS)
+        frame = _without_earlier_results(frame, SCORE_COLUMNS + RATIO_COLUMNS + EXACT_COLUMNS)
         smiles = [s if isinstance(s, str) and s else None for s in frame[column].tolist()]
-        scores = Scorer(self.loaded, distribution, self.device, exact=exact).score_smiles(smiles, frame.index)
+        scores = Scorer(self.loaded, distribution, self.device, exact=exact, versus=versus).score_smiles(
+            smiles, frame.index)
         return append_results(frame, scores)
 
     def to_pyg(self, smiles: "str | list[str]") -> list[Data]:

@@ -104,6 +104,10 @@ def stratified_times(
 
 
 MAX_ELBO_ROWS = 2048  # molecules x noise levels per forward call of an ELBO estimate
+# On a CPU also at most this many atom pairs per call (2,048 QM9 molecules of 9 atoms): a call of 2,048
+# drug-like molecule-levels (32 x 32 pairs each) moves tensors of hundreds of MB, which the allocator maps
+# and faults in afresh every call; 256 molecules x 8 levels then cost 16 ms a molecule-level, 64 x 4 9 ms.
+CPU_ELBO_PAIRS = MAX_ELBO_ROWS * 9 * 9
 
 
 def diffusion_integrand(model, x_atoms, x_bonds, mask, t, dist, noise: NoiseProcess, generator) -> torch.Tensor:
@@ -138,25 +142,34 @@ def elbo(
     ``num_samples`` times are stratified over the rest of [0, 1] under ``proposal`` (importance
     weights of equal-width time bins, see :func:`importance_proposal`; None: uniform), so the
     estimate is unbiased; its standard error is :func:`stratified_stderr`'s.
-    ``max_rows`` bounds molecules x levels per forward call: memory against per-call overhead.
+    ``max_rows`` bounds molecules x levels per forward call: memory against per-call overhead; on a CPU
+    so does ``CPU_ELBO_PAIRS``, splitting the molecules too where one level of them is over it.
     """
     t_start = start_time(noise, clean_logsnr)
     x_atoms, x_bonds = batch.one_hot(model.config.num_atom_types, model.config.num_bond_types)
     constant = constant_terms(x_atoms, x_bonds, batch.mask, noise, size_log_probs, generator, t_start)
-    size = batch.mask.shape[0]
+    size, width = batch.mask.shape
     times, density = stratified_times(size, num_samples, t_start, proposal, generator, x_atoms.device)
+    if x_atoms.device.type == "cpu":
+        max_rows = max(1, min(max_rows, CPU_ELBO_PAIRS // max(width, 1) ** 2))
     levels = max(1, min(num_samples, max_rows // size))
+    molecules = min(size, max_rows)
     chunks = []
     for start in range(0, num_samples, levels):
         # Several noise levels in one forward call (the batch repeated): on a GPU the per-call
         # overhead, not the arithmetic, is what a small batch of QM9 molecules costs.
         k = min(levels, num_samples - start)
-        t = times[:, start : start + k].T.reshape(-1)
-        values = diffusion_integrand(
-            model, x_atoms.repeat(k, 1, 1), x_bonds.repeat(k, 1, 1, 1), batch.mask.repeat(k, 1), t,
-            dist.repeat(k), noise, generator,
-        )
-        chunks.append(values.view(k, size).T / density[:, start : start + k])
+        parts = []
+        for first in range(0, size, molecules):
+            part = slice(first, first + molecules)
+            m = min(molecules, size - first)
+            t = times[part, start : start + k].T.reshape(-1)
+            values = diffusion_integrand(
+                model, x_atoms[part].repeat(k, 1, 1), x_bonds[part].repeat(k, 1, 1, 1), batch.mask[part].repeat(k, 1),
+                t, dist[part].repeat(k), noise, generator,
+            )
+            parts.append(values.view(k, m).T)
+        chunks.append(torch.cat(parts) / density[:, start : start + k])
     diffusion = torch.cat(chunks, dim=1)  # (B, K)
     estimate = constant + diffusion.mean(dim=1)
     return estimate, stratified_stderr(diffusion)

@@ -28,6 +28,11 @@ PROFILE_BINS = 20
 PROFILE_ABOVE = 50.0
 PROFILE_PRIOR = 10.0
 EXACT_COLUMNS = ["elbo_nats", "elbo_stderr"]
+# log_density under the scored distribution minus under a second one (``versus``, e.g. null): how much
+# more typical of the distribution a molecule is than of molecules in general. A log-probability favours
+# small, simple molecules whatever the distribution; the ratio cancels that, which is what tells an
+# adapted series' molecules from other drug-like ones (docs/notes/adapt-drug-like.md).
+RATIO_COLUMNS = ["log_ratio"]
 PAIR_BUDGET = 1024 * 9 * 9  # atom pairs per model call (about 120 MOSES molecules): the fastest on a 2-core CPU
 
 
@@ -202,9 +207,15 @@ class Scorer:
     """Scores encoded chunks with one model, distribution and device."""
 
     def __init__(self, loaded: LoadedModel, distribution: str | None = None, device: str = "cpu",
-                 batch_size: int = 2048, exact: bool = False, exact_samples: int = 16, seed: int = 0):
+                 batch_size: int = 2048, exact: bool = False, exact_samples: int = 16, seed: int = 0,
+                 versus: str | None = None):
+        """``versus``: also ``log_ratio``, log_density under ``distribution`` minus under this one."""
         self.loaded = loaded
         self.dist_index = distribution_index(loaded, distribution)
+        self.versus_index = None if versus is None else distribution_index(loaded, versus)
+        if self.versus_index == self.dist_index:
+            raise ValueError(f"versus {versus!r} is the scored distribution itself: its log_ratio is 0 everywhere; "
+                             "name another one (e.g. null)")
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device)
         self.batch_size = batch_size
@@ -218,13 +229,14 @@ class Scorer:
 
     @property
     def columns(self) -> list[str]:
-        return SCORE_COLUMNS + (EXACT_COLUMNS if self.exact else [])
+        return SCORE_COLUMNS + (RATIO_COLUMNS if self.versus_index is not None else []) + (
+            EXACT_COLUMNS if self.exact else [])
 
     @torch.no_grad()
     def score_encoded(self, encoded: EncodedChunk, index: pd.Index, chunk_seed: int = 0) -> pd.DataFrame:
         """Result columns for one chunk, in row order; ``chunk_seed`` fixes the ELBO's Monte Carlo."""
         count = len(encoded.status)
-        density = np.full(count, np.nan)
+        density, versus = np.full(count, np.nan), np.full(count, np.nan)
         estimates, errors = np.full(count, np.nan), np.full(count, np.nan)
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + chunk_seed)
         # The density in batches of similar size, each padded to its largest molecule: pair features cost
@@ -243,6 +255,9 @@ class Scorer:
                                       encoded.sizes[part]).to(self.device)
             dist = torch.full((len(part),), self.dist_index, dtype=torch.long, device=self.device)
             density[encoded.positions[part]] = log_density(self.model, batch, dist, self.loaded.noise).cpu().numpy()
+            if self.versus_index is not None:
+                versus[encoded.positions[part]] = log_density(
+                    self.model, batch, torch.full_like(dist, self.versus_index), self.loaded.noise).cpu().numpy()
         # The ELBO in row order: its Monte Carlo draws follow the rows, so a chunk gives the same figures
         # whatever else is in it.
         for start in range(0, len(encoded.positions) if self.exact else 0, self.batch_size):
@@ -260,6 +275,8 @@ class Scorer:
         result.loc[np.isnan(density), "density_percentile"] = np.nan
         result["status"] = encoded.status
         result["reason"] = encoded.reason
+        if self.versus_index is not None:
+            result["log_ratio"] = density - versus
         if self.exact:
             result["elbo_nats"] = estimates
             result["elbo_stderr"] = errors

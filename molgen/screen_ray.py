@@ -77,6 +77,7 @@ class ScreenOptions:
 
     checkpoint: str | None = None
     distribution: str | None = None
+    versus: str | None = None
     smiles_column: str | None = None
     filter_spec: FilterSpec | None = None
     keep_failed: bool = False
@@ -144,7 +145,7 @@ def _scorer(options: ScreenOptions):
 
     set_threads(options.threads)
     return Scorer(load_model(options.checkpoint, device=options.device), options.distribution, options.device,
-                  options.batch_size, options.exact)
+                  options.batch_size, options.exact, versus=options.versus)
 
 
 class ShardScreener:
@@ -308,6 +309,7 @@ def _plan_options(options: ScreenOptions, shard_rows: int) -> dict:
     """What must not change between a run and its ``resume``."""
     spec = options.filter_spec
     return {"fingerprint": options.fingerprint, "distribution": options.distribution,
+            **({"versus": options.versus} if options.versus else {}),  # as before --versus existed: runs resume
             "smiles_column": options.smiles_column, "exact": options.exact, "keep_failed": options.keep_failed,
             "filter": None if spec is None else repr(spec), "chunk_size": options.chunk_size,
             "shard_rows": shard_rows, "part_format": options.part_format}
@@ -396,6 +398,7 @@ def screen_ray(
     *,
     checkpoint: str | os.PathLike | None = None,
     distribution: str | None = None,
+    versus: str | None = None,
     smiles_column: str | None = None,
     filter_spec: FilterSpec | None = None,
     keep_failed: bool = False,
@@ -424,9 +427,10 @@ def screen_ray(
     from molgen.scoring import Scorer
 
     loaded = load_model(checkpoint)  # a bad checkpoint or distribution fails here, not in every actor
-    Scorer(loaded, distribution)
+    Scorer(loaded, distribution, versus=versus)
     options = ScreenOptions(
         checkpoint=None if checkpoint is None else str(Path(checkpoint).resolve()), distribution=distribution,
+        versus=versus,
         smiles_column=smiles_column, filter_spec=filter_spec, keep_failed=keep_failed, exact=exact, strict=strict,
         batch_size=batch_size, chunk_size=chunk_size, device="cuda" if gpus_per_actor else "cpu",
         threads=max(1, int(cpus_per_actor)), part_format=part_format,

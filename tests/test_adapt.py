@@ -1,5 +1,7 @@
 """`molgen adapt`: a new distribution as a [DIST] embedding and gated low-rank adapters (issue 45)."""
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -112,3 +114,27 @@ def test_adapt_cli_writes_a_small_file_that_generate_score_and_info_use(tmp_path
     save_checkpoint({**payload, "base_name": str(tmp_path / "gone" / "base.pt")}, tmp_path / "orphan.pt", "molgen-adapter-1")
     result = runner.invoke(app, ["info", str(tmp_path / "orphan.pt")])
     assert result.exit_code == 2 and "which is not here" in result.output
+
+
+def test_the_budget_covers_the_whole_run(tmp_path, tiny_checkpoint, monkeypatch):
+    import molgen.training.adapt as adapt_module
+
+    path, _ = _set_with_bad_rows(tmp_path)
+    base = load_model(tiny_checkpoint)
+    encoded, smiles = read_set(path, "SMILES", base.vocab)
+    config = AdaptConfig(name="series", rank=2, batch_size=16, elbo_samples=4, density_molecules=64,
+                         density_samples=4, density_epochs=5)
+    # Figures said to take 30 s: a half-minute budget leaves no training, a 0.55-minute one about 3 s of it.
+    monkeypatch.setattr(adapt_module, "figures_seconds", lambda *args: 30.0)
+    _, card = adapt(base, encoded, smiles, replace(config, minutes=0.5), base.digest, "tiny.pt")
+    assert card["steps"] == 0 and card["figures_seconds"]["estimated"] == 30.0
+    _, card = adapt(base, encoded, smiles, replace(config, minutes=0.55), base.digest, "tiny.pt")
+    assert card["steps"] > 0 and 1.0 < card["training_seconds"] < 3.5
+    monkeypatch.undo()
+    # The real estimate (set against what the figures took on drug-like sets in benchmarks/adapt.py; a tiny
+    # model's figures are per-call overhead).
+    _, card = adapt(base, encoded, smiles, replace(config, max_steps=2), base.digest, "tiny.pt")
+    assert 0 < card["figures_seconds"]["estimated"] < 60 and card["figures_seconds"]["taken"] > 0
+    result = runner.invoke(app, ["adapt", str(path), "-o", str(tmp_path / "none.pt"), "--base", str(tiny_checkpoint),
+                                 "--smiles-column", "SMILES", "--minutes", "0", "--rank", "2"])
+    assert result.exit_code == 0 and "no training step fitted in --minutes 0" in result.output

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import example_molecules
@@ -123,6 +124,31 @@ def test_python_api_score_and_filter(tiny_checkpoint):
     assert filtered["name"].tolist() == ["a", "b"] and filtered["passed"].tolist() == [False, True]
     exact = model.score("OC1CC1", exact=True)
     assert exact["elbo_nats"].item() < 0 and exact["elbo_stderr"].item() >= 0
+
+
+def test_log_ratio_is_the_difference_of_two_distributions_log_densities(tiny_checkpoint, tmp_path):
+    model = molgen.load(tiny_checkpoint)
+    molecules = ["CCO", "bad(", "OC1CC1", "CC#N", "CCCl"]
+    scored = model.score(molecules, versus="null")
+    under_null = model.score(molecules, distribution="null")
+    ok = scored["status"] == "ok"
+    assert ok.sum() == 3 and scored.loc[~ok, "log_ratio"].isna().all()
+    expected = scored["log_density"] - under_null["log_density"]
+    assert np.allclose(scored.loc[ok, "log_ratio"], expected[ok], atol=1e-5)
+    assert scored.loc[ok, "log_ratio"].abs().max() > 1e-3  # the distribution id changes the density
+    with pytest.raises(ValueError, match="the scored distribution itself"):
+        model.score(molecules, distribution="null", versus="null")
+    # The command line appends the same column, and says what is wrong with a bad name.
+    path = tmp_path / "in.csv"
+    pd.DataFrame({"smiles": molecules}).to_csv(path, index=False)
+    result = runner.invoke(app, ["score", str(path), "--checkpoint", str(tiny_checkpoint), "--versus", "null",
+                                 "-o", str(tmp_path / "out.csv")])
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(tmp_path / "out.csv")
+    assert np.allclose(written["log_ratio"], scored["log_ratio"], atol=1e-4, equal_nan=True)
+    result = runner.invoke(app, ["score", str(path), "--checkpoint", str(tiny_checkpoint), "--versus", "zinc",
+                                 "-o", str(tmp_path / "bad.csv")])
+    assert result.exit_code == 2 and "unknown distribution 'zinc'" in result.output
 
 
 @pytest.mark.slow

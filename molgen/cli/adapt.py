@@ -20,8 +20,8 @@ def adapt(
     name: Optional[str] = typer.Option(None, help="The new distribution's name (default: the output file's stem)."),
     smiles_column: Optional[str] = common.smiles_column_option(),
     minutes: float = typer.Option(
-        10.0, min=0.0, help="Training time budget. The density term and the held-out figures come after it: about "
-        "a minute for QM9-sized molecules, 3-5 for drug-like ones on 2 cores."),
+        10.0, min=0.0, help="Time budget of the whole run: training stops in time for the density term and the "
+        "held-out figures that follow it (their time estimated from one timed ELBO call)."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps (default: the time budget)."),
     rank: int = typer.Option(8, min=1, help="Rank of the low-rank adapters on each block's attention and feed-forward layers."),
     val_fraction: float = typer.Option(0.2, min=0.01, max=0.9, help="Share of the set held out for the figures and calibration."),
@@ -56,8 +56,13 @@ def adapt(
     out = Console()
     counts = ", ".join(f"{count:,} {status}" for status, count in card["molecules"]["statuses"].items())
     out.print(f"{input}: {counts}; trained on {card['molecules']['train']:,}, held out {card['molecules']['held_out']:,}; "
-              f"{card['steps']:,} steps in {card['training_seconds'] / 60:.1f} min -> {output} "
+              f"{card['steps']:,} steps in {card['training_seconds'] / 60:.1f} min, figures in "
+              f"{card['figures_seconds']['taken'] / 60:.1f} min -> {output} "
               f"({output.stat().st_size / 1e6:.2f} MB)", highlight=False, soft_wrap=True)
+    if card["steps"] == 0:
+        out.print(f"  no training step fitted in --minutes {minutes:g}: what follows training takes about "
+                  f"{card['figures_seconds']['estimated'] / 60:.1f} min here, so the new distribution is the base's "
+                  "null one with the set's sizes; give more minutes", highlight=False)
     table = Table(title="held-out NLL bound (nats/molecule)")
     table.add_column("distribution")
     table.add_column("NLL", justify="right")

@@ -30,6 +30,10 @@ def score(
     resume: bool = typer.Option(False, help="Continue an interrupted run (same options) from OUTPUT.partial."),
     device: str = common.device_option(),
     distribution: Optional[str] = common.distribution_option("Training distribution to score against ('null' = generic)."),
+    versus: Optional[str] = typer.Option(
+        None, help="Also log_ratio: log_density under --dist minus under this distribution (e.g. null), how much more "
+        "typical of --dist a molecule is than of molecules in general. Tells an adapted series' molecules from "
+        "other drug-like ones where log_density (which favours small, simple molecules) cannot."),
     threads: Optional[int] = common.threads_option(),
     engine: str = common.engine_option(),
     address: Optional[str] = common.address_option(),
@@ -39,16 +43,18 @@ def score(
     shard_rows: int = common.shard_rows_option(),
     part_format: str = common.part_format_option(),
 ) -> None:
-    """Append log_density, density_percentile, status and reason to every row of a molecule file."""
+    """Append log_density, density_percentile, status and reason to every row of a molecule file (and
+    log_ratio with --versus)."""
     on = common.EngineOptions(engine, address, actors, cpus_per_actor, gpus_per_actor, shard_rows, part_format)
     screen(input, output, checkpoint, smiles_column, exact, batch_size, workers, chunk_size, strict, resume,
-           device, threads, distribution, None, False, on)
+           device, threads, distribution, None, False, on, versus)
 
 
 def screen(
     input: Path, output: Path, checkpoint: Optional[Path], smiles_column: Optional[str], exact: bool,
     batch_size: int, workers: int, chunk_size: int, strict: bool, resume: bool, device: str, threads: Optional[int],
     distribution: Optional[str], filter_spec: Optional[FilterSpec], keep_failed: bool, on: common.EngineOptions,
+    versus: Optional[str] = None,
 ) -> ScreenSummary:
     """The run of ``score`` and ``filter``: a progress bar of rows, then the rows per status."""
     if on.engine not in {"local", "ray"}:
@@ -59,10 +65,10 @@ def screen(
         if device != "cpu":
             raise common.fail("with --engine ray the actors hold the devices: give --gpus-per-actor, not --device", 2)
         return screen_on_ray(input, output, checkpoint, smiles_column, exact, batch_size, chunk_size, strict, resume,
-                             distribution, filter_spec, keep_failed, on)
+                             distribution, filter_spec, keep_failed, on, versus)
     common.compute_on(device, threads)
     with common.exit_codes():
-        scorer = Scorer(load_model(checkpoint, device=device), distribution, device, batch_size, exact)
+        scorer = Scorer(load_model(checkpoint, device=device), distribution, device, batch_size, exact, versus=versus)
         read_molecules(input, smiles_column, 1)  # fail on a missing file or column before any work
     started = time.perf_counter()
     with common.exit_codes(f"interrupted; continue with the same command and --resume ({output}.partial kept)"):
@@ -94,7 +100,7 @@ def report(what: str, summary: ScreenSummary, started: float, resumed: str, engi
 def screen_on_ray(
     input: Path, output: Path, checkpoint: Optional[Path], smiles_column: Optional[str], exact: bool,
     batch_size: int, chunk_size: int, strict: bool, resume: bool, distribution: Optional[str],
-    filter_spec: Optional[FilterSpec], keep_failed: bool, on: common.EngineOptions,
+    filter_spec: Optional[FilterSpec], keep_failed: bool, on: common.EngineOptions, versus: Optional[str] = None,
 ) -> ScreenSummary:
     """``--engine ray``: the shards on a Ray actor pool under the same progress bar; then the rows per
     status and where the parts and manifest are."""
@@ -105,7 +111,8 @@ def screen_on_ray(
     started = time.perf_counter()
     with common.exit_codes(f"interrupted; continue with the same command and --resume (finished parts in {output} kept)"):
         summary = common.streamed("scoring" if filter_spec is None else "filtering", lambda on_chunk: screen_ray(
-            str(input), output, checkpoint=checkpoint, distribution=distribution, smiles_column=smiles_column,
+            str(input), output, checkpoint=checkpoint, distribution=distribution, versus=versus,
+            smiles_column=smiles_column,
             filter_spec=filter_spec, keep_failed=keep_failed, exact=exact, strict=strict, actors=on.actors,
             cpus_per_actor=on.cpus_per_actor, gpus_per_actor=on.gpus_per_actor, batch_size=batch_size,
             chunk_size=chunk_size, shard_rows=on.shard_rows, part_format=on.part_format, resume=resume,

@@ -37,11 +37,16 @@ from molgen.training.data import CALIBRATION_QUANTILES
 from molgen.training.losses import LossWeights, training_losses
 
 
+# The figures' estimate times this: the density term pads its ELBO batches to the largest molecule of the
+# set, and its fit adds epochs over the states (measured on lipo and bbbp: docs/notes/adapt-drug-like.md).
+FIGURES_MARGIN = 1.5
+
+
 @dataclass
 class AdaptConfig:
     name: str = "adapted"
     rank: int = 8
-    minutes: float = 10.0  # time budget for training (the held-out figures come after it)
+    minutes: float = 10.0  # time budget of the whole run: training stops in time for the figures after it
     max_steps: int | None = None
     batch_size: int = 64
     lr: float = 3e-3
@@ -214,6 +219,24 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
             "spearman_density_elbo_after": spearman(after.numpy(), -check[3].numpy()), "held_out_elbo": check[3]}
 
 
+@torch.no_grad()
+def figures_seconds(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, train: np.ndarray,
+                    held: np.ndarray, dist_index: int, size_log_probs: torch.Tensor, config: AdaptConfig) -> float:
+    """Seconds that what follows training will take (the density term's ELBOs and fit, the held-out
+    table, calibration), from one timed ELBO call on a batch of held-out molecules: drug-like ones cost ten times
+    QM9's per noise level, so no fixed allowance fits both."""
+    probe = held[:256]  # one batch of the size the figures use: per molecule, larger batches cost more
+    held_out_bounds(model, loaded, graphs, probe, dist_index, size_log_probs, 2, config.seed)  # first-call costs
+    started = time.perf_counter()
+    held_out_bounds(model, loaded, graphs, probe, dist_index, size_log_probs, 2, config.seed)
+    per_level = (time.perf_counter() - started) / (2 * max(len(probe), 1))
+    checked = min(config.check_molecules, len(held))
+    levels = (min(config.density_molecules, len(train)) * config.density_samples  # the density term's ELBOs
+              + checked * config.elbo_samples * (len(loaded.distributions) + 2)  # its check, the table's rows
+              + len(held) / 2)  # calibration: one forward call each, half an ELBO level
+    return FIGURES_MARGIN * per_level * levels
+
+
 def held_out_batches(graphs: MoleculeGraphs, rows: np.ndarray, dist_index: int, size: int = 256):
     """``rows`` as dense batches of ``size`` molecules, each with its distribution ids (all ``dist_index``)."""
     for start in range(0, len(rows), size):
@@ -256,6 +279,7 @@ def adapt(
     """Adapt ``loaded`` to the molecules of ``encoded`` (their canonical ``smiles`` in the same order).
     Returns (the adapter payload to write, its card). With ``work`` (a file) training checkpoints
     there every ``checkpoint_minutes`` and resumes from it."""
+    run_started = time.perf_counter()
     if config.rank < 1:
         raise ValueError("adapter rank must be at least 1")
     if len(encoded.positions) < 10:
@@ -282,6 +306,9 @@ def adapt(
         rng.bit_generator.state = saved["rng"]
         log(f"resumed at step {state['step']:,}")
     weights = LossWeights(nll=0.0, consistency=0.0)
+    figures_estimate = figures_seconds(model, loaded, graphs, train, held, index, size_log_probs, config)
+    # The budget is the whole run's: training stops early enough for the figures that follow it.
+    training_budget = 60 * config.minutes - figures_estimate - (time.perf_counter() - run_started)
     model.train()
     started, last_save = time.perf_counter() - state["elapsed"], time.perf_counter()
 
@@ -291,7 +318,7 @@ def adapt(
                              "generator": generator.get_state(), "rng": rng.bit_generator.state},
                             work, ADAPTER_FORMAT + "-training")
 
-    while state["elapsed"] < 60 * config.minutes and (config.max_steps is None or state["step"] < config.max_steps):
+    while state["elapsed"] < training_budget and (config.max_steps is None or state["step"] < config.max_steps):
         rows = train[rng.integers(0, len(train), config.batch_size)]
         batch = graphs.dense(rows)
         dist = torch.full((len(rows),), index, dtype=torch.long)
@@ -305,7 +332,7 @@ def adapt(
         state["elapsed"] = time.perf_counter() - started
         if state["step"] % 50 == 0:
             log(f"adapt: step {state['step']:,}, score loss {np.mean(state['losses'][-50:]):.3f}, "
-                f"{state['elapsed'] / 60:.1f} of {config.minutes:g} min")
+                f"{state['elapsed'] / 60:.1f} of {max(training_budget, 0) / 60:.1f} min")
         if time.perf_counter() - last_save > 60 * config.checkpoint_minutes:
             save_progress()
             last_save = time.perf_counter()
@@ -313,6 +340,7 @@ def adapt(
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    figures_started = time.perf_counter()
     log("fitting the distribution's density term")
     density_fit = fit_density_term(model, loaded, graphs, train, held, size_log_probs, config)
     held_out_elbo = density_fit.pop("held_out_elbo")
@@ -343,6 +371,7 @@ def adapt(
         "steps": state["step"],
         "training_seconds": state["elapsed"],
         "final_score_loss": float(np.mean(state["losses"][-50:])) if state["losses"] else None,
+        "figures_seconds": {"estimated": figures_estimate, "taken": time.perf_counter() - figures_started},
         "held_out": figures,
         "density_term": density_fit,
     }
