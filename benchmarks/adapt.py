@@ -136,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, type=Path)
     parser.add_argument("--sets", default="lipo,bbbp")
-    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--minutes", type=float, default=10.0, help="adapt's budget (the whole run) and scratch training's")
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="cpu")
@@ -151,6 +151,9 @@ def main() -> None:
                      f"{result['scratch']['held_out_nll_nats']:.2f}"))
         rows.append((name, "adapt wall time / file size", f"{result['adapt_seconds'] / 60:.1f} min / "
                      f"{result['file_bytes'] / 1e6:.2f} MB"))
+        rows.append((name, "of which training / figures after it (estimated before training)",
+                     f"{card['training_seconds'] / 60:.1f} min / {card['figures_seconds']['taken'] / 60:.1f} min "
+                     f"({card['figures_seconds']['estimated'] / 60:.1f})"))
         rows.append((name, "rows per status", ", ".join(f"{count} {status}" for status, count in
                                                            card["molecules"]["statuses"].items())))
         for score, values in result["auroc_vs_base_held_out"].items():

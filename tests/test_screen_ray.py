@@ -99,14 +99,15 @@ def ray_output(folder):
 def test_ray_engine_gives_the_local_engines_rows(ray_instance, tiny_checkpoint, tmp_path):
     source = tmp_path / "messy.csv"
     source.write_bytes(MESSY + b"".join(f"{12 + i},{s},example\n".encode() for i, s in enumerate(example_molecules()[:40])))
-    local = local_output(tiny_checkpoint, source, tmp_path / "local.csv", "--chunk-size", "4")
+    local = local_output(tiny_checkpoint, source, tmp_path / "local.csv", "--chunk-size", "4", "--versus", "null")
     folder = tmp_path / "scored"
     result = runner.invoke(app, ["score", str(source), "-o", str(folder), "--checkpoint", str(tiny_checkpoint),
                                  "--engine", "ray", "--actors", "2", "--shard-rows", "12", "--chunk-size", "4",
-                                 "--part-format", "csv"])
+                                 "--part-format", "csv", "--versus", "null"])
     assert result.exit_code == 0, result.output
     assert "51 rows" in result.output and "(5 parts" in result.output
     scored = ray_output(folder)
+    assert "log_ratio" in scored.columns
     assert scored["row_id"].tolist() == list(range(51))
     pd.testing.assert_frame_equal(scored.drop(columns="row_id").astype(str), local)
     manifest = json.loads((folder / "_manifest.json").read_text())
