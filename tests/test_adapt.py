@@ -13,6 +13,7 @@ from molgen.checkpoint import CheckpointError, load_model, read_checkpoint, save
 from molgen.cli import app
 from molgen.model.config import AdapterConfig
 from molgen.pyg import MoleculeGraphs
+from molgen.scoring import Scorer
 from molgen.training.adapt import (AdaptConfig, adapt, adapted_model, extended, held_out_bounds, read_set,
                                      split_rows)
 
@@ -70,6 +71,24 @@ def test_adapt_accounts_for_every_row_trains_only_the_new_parts_and_resumes(tmp_
     # (derived from it by its size term alone) what a full pass with that size table gives.
     loaded = adapted_model(base, payload)
     null = loaded.model.config.num_distributions
+    # The set's size term, exactly: sizes the set lacks cost what the ELBO's size term says they do.
+    own_sizes = torch.tensor(loaded.size_distributions[1])
+    shift = payload["weights"]["adapters.size_shift"]
+    expected = torch.log(own_sizes + 1e-12) - torch.log(torch.tensor(loaded.size_distributions[null]) + 1e-12)
+    assert torch.allclose(shift, expected)
+
+    def scorer(dist):
+        return Scorer(loaded, dist).score_smiles(["CCO", "CC=O"])["log_density"].to_numpy()
+
+    before_series, before_qm9 = scorer("series"), scorer("qm9")
+    with torch.no_grad():
+        loaded.model.adapters.size_shift[3] -= 30.0  # as for a size the set lacks: both molecules have 3 atoms
+    assert (scorer("series") < before_series - 1).all() and (scorer("qm9") == before_qm9).all()
+    with torch.no_grad():
+        loaded.model.adapters.size_shift[3] += 30.0
+    # A file written before the size term loads, without it.
+    old_file = {**payload, "weights": {k: v for k, v in payload["weights"].items() if k != "adapters.size_shift"}}
+    assert not adapted_model(base, old_file).model.adapters.size_shift.any()
     tables = torch.log(torch.tensor(loaded.size_distributions, dtype=torch.float32) + 1e-12)
     own = tables.clone()
     own[null] = tables[1]

@@ -37,14 +37,19 @@ class DistributionAdapters(nn.Module):
     """Low-rank updates of ``ADAPTED_LAYERS`` in every block, gated by the molecules' [DIST] id, and
     the distribution's own density term: a density member ([CLS] and per-atom terms) whose output is
     added to the shared head's before its bound, zero until `molgen adapt` fits it on ELBOs under the
-    adapted distribution."""
+    adapted distribution, plus the set's size term exactly (``size_shift``: log p_set(n) - log p_null(n),
+    nats per heavy-atom count n). The member is fit on what remains: the shared head, under an id that
+    started as the null one, prices sizes as the null distribution does, and a set's training molecules
+    show the member no size the set lacks, where it would otherwise extrapolate (a 9-atom molecule scored
+    like a typical member of a drug-like series)."""
 
-    def __init__(self, blocks: nn.ModuleList, config: AdapterConfig, d: int):
+    def __init__(self, blocks: nn.ModuleList, config: AdapterConfig, d: int, max_atoms: int):
         super().__init__()
         self.distribution = config.distribution
         self.density = DensityMember(d, atom_terms=True)
         nn.init.zeros_(self.density.cls[-1].weight)
         nn.init.zeros_(self.density.cls[-1].bias)
+        self.register_buffer("size_shift", torch.zeros(max_atoms + 1))
         self.updates = nn.ModuleDict()
         self.gate: torch.Tensor | None = None  # (B,) bool, set per forward pass by :meth:`select`
         for index, block in enumerate(blocks):
@@ -60,7 +65,7 @@ class DistributionAdapters(nn.Module):
         gate = dist == self.distribution
         if not bool(gate.any()):
             return None
-        term = member_output(self.density, final_states, mask) * DENSITY_SCALE
+        term = member_output(self.density, final_states, mask) * DENSITY_SCALE + self.size_shift[mask.sum(1).long()]
         return torch.where(gate, term, torch.zeros_like(term))
 
     def select(self, dist: torch.Tensor) -> None:

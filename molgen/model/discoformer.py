@@ -67,7 +67,7 @@ class DiScoFormer(nn.Module):
         self.cls = nn.Parameter(torch.zeros(d))
         self.time = FourierEmbedding(FOURIER_FEATURES, d)
         self.blocks = nn.ModuleList(Block(d, dp, config.n_heads, config.d_ff) for _ in range(config.n_layers))
-        self.adapters = DistributionAdapters(self.blocks, config.adapter, d) if config.adapter.rank else None
+        self.adapters = DistributionAdapters(self.blocks, config.adapter, d, config.max_atoms) if config.adapter.rank else None
         self.final_norm = nn.LayerNorm(d)
         self.atom_head = nn.Linear(d, a)
         self.bond_left = nn.Linear(d, dp)

@@ -92,8 +92,10 @@ def adapter_weights(model: DiScoFormer) -> dict[str, torch.Tensor]:
 def load_adapter_weights(model: DiScoFormer, weights: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         model.dist.weight[model.config.adapter.distribution] = weights["dist_row"]
-    model.adapters.load_state_dict({key[len("adapters."):]: value for key, value in weights.items()
-                                    if key.startswith("adapters.")})
+    state = {key[len("adapters."):]: value for key, value in weights.items() if key.startswith("adapters.")}
+    # Files written before the adapters carried the set's size term: their member was fit with it inside.
+    state.setdefault("size_shift", torch.zeros_like(model.adapters.size_shift))
+    model.adapters.load_state_dict(state)
 
 
 def trainable(model: DiScoFormer) -> list[torch.nn.Parameter]:
@@ -186,7 +188,8 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     check = states_and_elbo(model, loaded, graphs, held[: config.check_molecules], index, size_log_probs,
                             config.elbo_samples, config.seed + 1)
     member = model.adapters.density
-    residual = (-bounds - shared) / DENSITY_SCALE
+    size_shift = model.adapters.size_shift[masks.sum(1).long()]
+    residual = (-bounds - shared - size_shift) / DENSITY_SCALE  # the member fits what the size term leaves
     stop = max(1, len(rows) // 5)
     fit, watch = torch.arange(stop, len(rows)), torch.arange(stop)
 
@@ -214,7 +217,8 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     for parameter in member.parameters():
         parameter.requires_grad_(False)
     with torch.no_grad():
-        after = model.density(check[0], check[1], extra=member_output(member, check[0], check[1]) * DENSITY_SCALE)
+        dist = torch.full((len(check[0]),), index, dtype=torch.long)
+        after = model.density(check[0], check[1], extra=model.adapters.density_term(check[0], check[1], dist))
     return {"molecules": int(len(rows)), "epochs_kept": best_epoch, "spearman_density_elbo_before": before,
             "spearman_density_elbo_after": spearman(after.numpy(), -check[3].numpy()), "held_out_elbo": check[3]}
 
@@ -292,6 +296,8 @@ def adapt(
     # The base's rows, the new distribution's, then the null one's: the order of the [DIST] ids.
     size_table = loaded.size_distributions[:-1] + [sizes] + loaded.size_distributions[-1:]
     size_log_probs = torch.log(torch.tensor(size_table, dtype=torch.float32) + 1e-12)
+    with torch.no_grad():  # the set's size term, exactly, where the shared head prices sizes as null does
+        model.adapters.size_shift.copy_(size_log_probs[index] - size_log_probs[-1])
     parameters = trainable(model)
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
