@@ -162,13 +162,12 @@ def elbo(
         parts = []
         for first in range(0, size, molecules):
             part = slice(first, first + molecules)
-            m = min(molecules, size - first)
             t = times[part, start : start + k].T.reshape(-1)
             values = diffusion_integrand(
                 model, x_atoms[part].repeat(k, 1, 1), x_bonds[part].repeat(k, 1, 1, 1), batch.mask[part].repeat(k, 1),
                 t, dist[part].repeat(k), noise, generator,
             )
-            parts.append(values.view(k, m).T)
+            parts.append(values.view(k, -1).T)
         chunks.append(torch.cat(parts) / density[:, start : start + k])
     diffusion = torch.cat(chunks, dim=1)  # (B, K)
     estimate = constant + diffusion.mean(dim=1)

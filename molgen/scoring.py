@@ -236,7 +236,7 @@ class Scorer:
     def score_encoded(self, encoded: EncodedChunk, index: pd.Index, chunk_seed: int = 0) -> pd.DataFrame:
         """Result columns for one chunk, in row order; ``chunk_seed`` fixes the ELBO's Monte Carlo."""
         count = len(encoded.status)
-        density, versus = np.full(count, np.nan), np.full(count, np.nan)
+        density, versus_density = np.full(count, np.nan), np.full(count, np.nan)
         estimates, errors = np.full(count, np.nan), np.full(count, np.nan)
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + chunk_seed)
         # The density in batches of similar size, each padded to its largest molecule: pair features cost
@@ -256,7 +256,7 @@ class Scorer:
             dist = torch.full((len(part),), self.dist_index, dtype=torch.long, device=self.device)
             density[encoded.positions[part]] = log_density(self.model, batch, dist, self.loaded.noise).cpu().numpy()
             if self.versus_index is not None:
-                versus[encoded.positions[part]] = log_density(
+                versus_density[encoded.positions[part]] = log_density(
                     self.model, batch, torch.full_like(dist, self.versus_index), self.loaded.noise).cpu().numpy()
         # The ELBO in row order: its Monte Carlo draws follow the rows, so a chunk gives the same figures
         # whatever else is in it.
@@ -276,7 +276,7 @@ class Scorer:
         result["status"] = encoded.status
         result["reason"] = encoded.reason
         if self.versus_index is not None:
-            result["log_ratio"] = density - versus
+            result["log_ratio"] = density - versus_density
         if self.exact:
             result["elbo_nats"] = estimates
             result["elbo_stderr"] = errors

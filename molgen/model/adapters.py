@@ -65,8 +65,12 @@ class DistributionAdapters(nn.Module):
         gate = dist == self.distribution
         if not bool(gate.any()):
             return None
-        term = member_output(self.density, final_states, mask) * DENSITY_SCALE + self.size_shift[mask.sum(1).long()]
+        term = member_output(self.density, final_states, mask) * DENSITY_SCALE + self.size_term(mask)
         return torch.where(gate, term, torch.zeros_like(term))
+
+    def size_term(self, mask: torch.Tensor) -> torch.Tensor:
+        """The set's size term (B,) for molecules of atom mask ``mask`` (B, N): log p_set(n) - log p_null(n)."""
+        return self.size_shift[mask.sum(1).long()]
 
     def select(self, dist: torch.Tensor) -> None:
         gate = dist == self.distribution

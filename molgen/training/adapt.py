@@ -188,8 +188,8 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     check = states_and_elbo(model, loaded, graphs, held[: config.check_molecules], index, size_log_probs,
                             config.elbo_samples, config.seed + 1)
     member = model.adapters.density
-    size_shift = model.adapters.size_shift[masks.sum(1).long()]
-    residual = (-bounds - shared - size_shift) / DENSITY_SCALE  # the member fits what the size term leaves
+    # The member fits what the size term leaves.
+    residual = (-bounds - shared - model.adapters.size_term(masks)) / DENSITY_SCALE
     stop = max(1, len(rows) // 5)
     fit, watch = torch.arange(stop, len(rows)), torch.arange(stop)
 
