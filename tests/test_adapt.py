@@ -148,7 +148,10 @@ def test_the_budget_covers_the_whole_run(tmp_path, tiny_checkpoint, monkeypatch)
     _, card = adapt(base, encoded, smiles, replace(config, minutes=0.5), base.digest, "tiny.pt")
     assert card["steps"] == 0 and card["figures_seconds"]["estimated"] == 30.0
     _, card = adapt(base, encoded, smiles, replace(config, minutes=0.55), base.digest, "tiny.pt")
-    assert card["steps"] > 0 and 1.0 < card["training_seconds"] < 3.5
+    # Training stops at the first step past its budget (3 s less the set-up), however slow a step is on a
+    # loaded machine.
+    per_step = card["training_seconds"] / max(card["steps"], 1)
+    assert card["steps"] > 0 and card["training_seconds"] < 3.0 + 2 * per_step
     monkeypatch.undo()
     # The real estimate (set against what the figures took on drug-like sets in benchmarks/adapt.py; a tiny
     # model's figures are per-call overhead).
