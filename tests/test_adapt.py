@@ -107,6 +107,22 @@ def test_adapt_accounts_for_every_row_trains_only_the_new_parts_and_resumes(tmp_
         adapted_model(base, {**more, "base_digest": "0" * 64})
 
 
+def test_the_same_seed_gives_the_same_adapter(tmp_path, tiny_checkpoint):
+    path, _ = _set_with_bad_rows(tmp_path)
+    base = load_model(tiny_checkpoint)
+    encoded, smiles = read_set(path, "SMILES", base.vocab)
+    config = AdaptConfig(name="series", rank=2, max_steps=3, batch_size=16, elbo_samples=2, check_molecules=16,
+                         density_molecules=32, density_samples=2, density_epochs=3)
+
+    def weights(seed):
+        torch.randn(seed + 1)  # a different global generator state each time: adapt must not depend on it
+        return adapt(base, encoded, smiles, replace(config, seed=seed), base.digest, "tiny.pt")[0]["weights"]
+
+    first, again, other = weights(0), weights(0), weights(1)
+    assert first.keys() == again.keys() and all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
 def test_adapt_cli_writes_a_small_file_that_generate_score_and_info_use(tmp_path, tiny_checkpoint):
     path, rows = _set_with_bad_rows(tmp_path)
     out = tmp_path / "series.pt"

@@ -67,13 +67,17 @@ class AdaptConfig:
         return asdict(self)
 
 
-def extended(base: DiScoFormer, rank: int) -> DiScoFormer:
+def extended(base: DiScoFormer, rank: int, seed: int = 0) -> DiScoFormer:
     """``base`` with one more [DIST] id (index = the base's null index; the null id moves one up) and
     low-rank adapters on it. The new embedding starts as the base's null one and the adapters at zero,
-    so before training the new distribution is the base's generic model."""
+    so before training the new distribution is the base's generic model. The adapters' random parts
+    (each LoRA's ``down``, the density member's hidden layers) are drawn from ``seed``, not from torch's
+    global generator: the same seed gives the same adapter file."""
     k = base.config.num_distributions
     config = replace(base.config, num_distributions=k + 1, adapter=AdapterConfig(rank=rank, distribution=k))
-    model = DiScoFormer(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DiScoFormer(config)
     state = base.state_dict()
     table = state["dist.weight"]
     state["dist.weight"] = torch.cat([table[:k], table[k:k + 1], table[k:k + 1]])
@@ -290,7 +294,7 @@ def adapt(
         raise ValueError(f"only {len(encoded.positions)} molecules of the set fit the base model: adapt needs at least 10")
     graphs = MoleculeGraphs.from_dense(encoded.atoms, encoded.bonds, encoded.sizes)
     train, held = split_rows(len(encoded.positions), config.val_fraction, config.seed)
-    model = extended(loaded.model.cpu(), config.rank)
+    model = extended(loaded.model.cpu(), config.rank, config.seed)
     index = model.config.adapter.distribution
     sizes = size_distribution(encoded.sizes[train].astype(np.int64), loaded.vocab.max_atoms)
     # The base's rows, the new distribution's, then the null one's: the order of the [DIST] ids.
