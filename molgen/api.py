@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
-from torch_geometric.data import Data
 
 from molgen.checkpoint import BUNDLED, BUNDLED_NAME, LoadedModel, ModelCard, load_model
 from molgen.checks import DEFAULT_ALERTS, DEFAULT_RULES, CheckConfig, append_results, run_checks
@@ -16,10 +16,22 @@ from molgen.guidance import parse_targets
 from molgen.pipeline import DEFAULT_GUIDANCE_SCALE, GenerateOptions, generate
 from molgen.sampler import SamplerSettings
 from molgen.io import resolve_smiles_column
-from molgen.pyg import smiles_to_data
 from molgen.scoring import (DEFAULT_MIN_PERCENTILE, EXACT_COLUMNS, RATIO_COLUMNS, SCORE_COLUMNS, Scorer,
                              encode_graphs)
 from molgen.screen import FILTER_COLUMNS, FilterSpec, filter_columns
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
+
+
+def _is_pyg_graph(value) -> bool:
+    # A torch-geometric graph exists only once torch-geometric is imported: checking that first keeps its
+    # import (seconds) out of every SMILES-only call.
+    if "torch_geometric" not in sys.modules:
+        return False
+    from torch_geometric.data import Data
+
+    return isinstance(value, Data)
 
 
 class Model:
@@ -89,7 +101,7 @@ class Model:
         ``smiles_column`` defaults to a column named smiles in any case, as on the command line; a
         frame molgen scored before gets its score columns replaced, not repeated. A list of
         torch-geometric graphs in this model's vocabulary (:meth:`to_pyg`) gives one row per graph."""
-        if isinstance(molecules, (list, tuple)) and molecules and isinstance(molecules[0], Data):
+        if isinstance(molecules, (list, tuple)) and molecules and _is_pyg_graph(molecules[0]):
             scorer = Scorer(self.loaded, distribution, self.device, exact=exact, versus=versus)
             encoded = encode_graphs(list(molecules), self.loaded.vocab)
             return scorer.score_encoded(encoded, pd.RangeIndex(len(molecules)))
@@ -104,6 +116,8 @@ class Model:
         """Each SMILES as a torch-geometric ``Data`` in this model's vocabulary: ``x`` atom-type ids,
         ``edge_index`` and ``edge_attr`` bond-type ids (both directions), plus ``smiles``, ``status`` and
         ``reason``. Rows that cannot be encoded have no atoms and say why; :attr:`vocab` labels the ids."""
+        from molgen.pyg import smiles_to_data
+
         return smiles_to_data([smiles] if isinstance(smiles, str) else list(smiles), self.loaded.vocab.to_dict())
 
     def __repr__(self) -> str:

@@ -28,6 +28,7 @@ PROFILE_BINS = 20
 PROFILE_ABOVE = 50.0
 PROFILE_PRIOR = 10.0
 EXACT_COLUMNS = ["elbo_nats", "elbo_stderr"]
+CALIBRATION_QUANTILES = 101  # D at the 0th, 1st, ..., 100th percentile of held-out molecules
 # log_density under the scored distribution minus under a second one (``versus``, e.g. null): how much
 # more typical of the distribution a molecule is than of molecules in general. A log-probability favours
 # small, simple molecules whatever the distribution; the ratio cancels that, which is what tells an

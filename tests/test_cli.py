@@ -19,6 +19,14 @@ def test_help_lists_the_commands():
     assert "check" in result.output and "data" in result.output
 
 
+def test_scoring_and_generating_do_not_load_torch_geometric():
+    # Importing it costs seconds at every start-up; only training, data preparation, adapt and PyG interop need it.
+    code = ("import sys, molgen.cli, molgen.api; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch_geometric' or m == 'molgen.pyg'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_check_keeps_every_row_and_column_and_appends_results(tmp_path):
     out = tmp_path / "checked.csv"
     result = runner.invoke(app, ["check", str(EXAMPLES / "candidates.csv"), "-o", str(out), "--prop", "qed>=0.5"])

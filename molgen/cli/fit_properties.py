@@ -10,7 +10,7 @@ from rich.console import Console
 
 from molgen.cli import common
 from molgen.cli.train import fit_on_training_data
-from molgen.training.properties import GUIDED_PROPERTIES
+from molgen.model.properties import GUIDED_PROPERTIES
 
 
 def fit_properties(

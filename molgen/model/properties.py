@@ -23,6 +23,9 @@ from torch import nn
 # Predicted standard deviations (standardised units) are kept in [e^-5, e^2]: a head that claims
 # certainty to 1e-3 of a property's spread would turn guidance into a step function.
 LOG_STD_RANGE = (-5.0, 2.0)
+# The properties a chemist windows on (docs/design.md, 5b); heavy atoms and charge are the sampler's
+# own choices (size, vocabulary), not things to guide.
+GUIDED_PROPERTIES = ("qed", "clogp", "tpsa", "mw", "sa_score", "hbd", "hba", "rings", "rotatable_bonds")
 
 
 @dataclass

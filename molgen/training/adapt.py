@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -30,11 +30,12 @@ from molgen.model import DiScoFormer
 from molgen.model.config import AdapterConfig
 from molgen.model.density import DENSITY_SCALE, member_output
 from molgen.novelty import smiles_hash
-from molgen.pyg import MoleculeGraphs
-from molgen.scoring import EncodedChunk
+from molgen.scoring import CALIBRATION_QUANTILES, EncodedChunk
 from molgen.stats import spearman
-from molgen.training.data import CALIBRATION_QUANTILES
 from molgen.training.losses import LossWeights, training_losses
+
+if TYPE_CHECKING:  # torch-geometric loads when adapt runs, not when the CLI starts
+    from molgen.pyg import MoleculeGraphs
 
 
 # The figures' estimate times this: the density term pads its ELBO batches to the largest molecule of the
@@ -292,6 +293,8 @@ def adapt(
         raise ValueError("adapter rank must be at least 1")
     if len(encoded.positions) < 10:
         raise ValueError(f"only {len(encoded.positions)} molecules of the set fit the base model: adapt needs at least 10")
+    from molgen.pyg import MoleculeGraphs
+
     graphs = MoleculeGraphs.from_dense(encoded.atoms, encoded.bonds, encoded.sizes)
     train, held = split_rows(len(encoded.positions), config.val_fraction, config.seed)
     model = extended(loaded.model.cpu(), config.rank, config.seed)

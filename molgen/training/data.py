@@ -11,11 +11,10 @@ import torch
 
 from molgen.data import PreparedDataset
 from molgen.mutants import single_edit_mutants
-from molgen.scoring import encode_smiles
+from molgen.scoring import CALIBRATION_QUANTILES, encode_smiles
 from molgen.pyg import MoleculeGraphs
 from molgen.tokenizer import GraphBatch, Vocabulary
 
-CALIBRATION_QUANTILES = 101  # D at the 0th, 1st, ..., 100th percentile of held-out molecules
 BatchOf = Callable[[np.ndarray], tuple[GraphBatch, torch.Tensor]]
 
 

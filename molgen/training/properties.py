@@ -26,14 +26,11 @@ from molgen.checkpoint import save_checkpoint
 from molgen.checks import PROPERTIES
 from molgen.chemistry import parse_smiles_with_reason
 from molgen.model import denoise
-from molgen.model.properties import PropertyConfig
+from molgen.model.properties import GUIDED_PROPERTIES, PropertyConfig
 from molgen.noise import noised
 from molgen.training.data import TrainingData, held_out_rows
 from molgen.training.distill import read_frozen_model
 
-# The properties a chemist windows on (docs/design.md, 5b); heavy atoms and charge are the sampler's
-# own choices (size, vocabulary), not things to guide.
-GUIDED_PROPERTIES = ("qed", "clogp", "tpsa", "mw", "sa_score", "hbd", "hba", "rings", "rotatable_bonds")
 # Noise levels the fit is judged at: t = 0 is the clean molecule, t = 1 pure noise.
 CHECK_TIMES = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0)
 NULL_SHARE = 0.1
