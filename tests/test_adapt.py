@@ -123,6 +123,20 @@ def test_the_same_seed_gives_the_same_adapter(tmp_path, tiny_checkpoint):
     assert not all(torch.equal(first[key], other[key]) for key in first)
 
 
+def test_the_held_out_rows_share_their_noise(tmp_path, tiny_checkpoint):
+    # Untrained, the new distribution is the null one with the set's sizes: with the same noise for every
+    # row of the table, its NLL is that row's to float precision, not within Monte Carlo error.
+    path, _ = _set_with_bad_rows(tmp_path)
+    base = load_model(tiny_checkpoint)
+    encoded, smiles = read_set(path, "SMILES", base.vocab)
+    config = AdaptConfig(name="series", rank=2, max_steps=0, elbo_samples=2, check_molecules=32,
+                         density_molecules=32, density_samples=2, density_epochs=2)
+    card = adapt(base, encoded, smiles, config, base.digest, "tiny.pt")[1]
+    assert card["steps"] == 0
+    own_sizes = card["held_out"]["null (zero-shot, the set's sizes)"]["nll_nats"]
+    assert card["held_out"]["adapted"]["nll_nats"] == pytest.approx(own_sizes, abs=1e-3)
+
+
 def test_adapt_cli_writes_a_small_file_that_generate_score_and_info_use(tmp_path, tiny_checkpoint):
     path, rows = _set_with_bad_rows(tmp_path)
     out = tmp_path / "series.pt"

@@ -54,8 +54,8 @@ class AdaptConfig:
     val_fraction: float = 0.2
     # What follows training costs ELBO passes (two forward calls a noise level): on drug-like molecules
     # about 100 molecule-levels/s on 2 cores, so these keep it to a few minutes. Every row of the
-    # held-out table is measured on the same molecules (the zero-shot ones with the same noise too):
-    # their differences are paired, far tighter than each row's standard error over molecules.
+    # held-out table is measured on the same molecules with the same noise: their differences are
+    # paired, far tighter than each row's standard error over molecules.
     elbo_samples: int = 8  # noise levels per held-out ELBO
     check_molecules: int = 256  # held-out molecules of the NLL table (calibration uses all of them)
     density_molecules: int = 1_000  # training molecules whose ELBO the distribution's density term is fit on
@@ -159,13 +159,12 @@ def size_distribution(sizes: np.ndarray, max_atoms: int) -> list[float]:
 
 
 @torch.no_grad()
-def states_and_elbo(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, rows: np.ndarray, dist_index: int,
-                    size_log_probs: torch.Tensor, samples: int, seed: int):
-    """Clean-end token states, masks, the shared head's D and ELBO estimates of ``rows`` under
-    ``dist_index``, padded to the largest molecule of all ``rows``."""
-    generator = torch.Generator().manual_seed(seed)
+def padded_states(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, rows: np.ndarray,
+                  dist_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean-end token states, masks and the shared head's D of ``rows`` under ``dist_index``, padded to
+    the largest molecule of all ``rows``."""
     n = int(graphs.sizes[rows].max()) if len(rows) else 1
-    states, masks, shared, bounds = [], [], [], []
+    states, masks, shared = [], [], []
     for start in range(0, len(rows), 256):
         batch = graphs.dense(rows[start : start + 256], max_atoms=n)
         dist = torch.full((batch.mask.shape[0],), dist_index, dtype=torch.long)
@@ -173,25 +172,24 @@ def states_and_elbo(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGra
         states.append(state)
         masks.append(batch.mask)
         shared.append(model.density(state, batch.mask, bound=False))  # the term is added before the bound
-        bounds.append(elbo(model, batch, dist, loaded.noise, size_log_probs[dist], samples, generator,
-                           proposal=loaded.elbo_proposal)[0])
-    return torch.cat(states), torch.cat(masks), torch.cat(shared), torch.cat(bounds)
+    return torch.cat(states), torch.cat(masks), torch.cat(shared)
 
 
 def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGraphs, train: np.ndarray,
-                     held: np.ndarray, size_log_probs: torch.Tensor, config: AdaptConfig) -> dict:
+                     checked: np.ndarray, checked_elbo: np.ndarray, size_log_probs: torch.Tensor,
+                     config: AdaptConfig) -> dict:
     """Fit the adapted distribution's own density term so that D follows its ELBO: on the ELBOs of up
     to ``density_molecules`` training molecules, the residual of the shared head regressed by the
     term's member (Huber, 2 nats). A fifth of those molecules decides when to stop (the term as it was
     at its best there, zero included: a small set's noisy targets are easy to overfit). Returns
-    Spearman(D, -ELBO) on the first ``check_molecules`` held-out molecules before and after, and
-    (``held_out_elbo``) their ELBO estimates, which the term does not change."""
+    Spearman(D, -ELBO) on the held-out molecules ``checked`` (their ELBO estimates ``checked_elbo``,
+    which the term does not change) before and after."""
     index = model.config.adapter.distribution
     rows = np.random.default_rng(config.seed).permutation(train)[: config.density_molecules]
-    states, masks, shared, bounds = states_and_elbo(model, loaded, graphs, rows, index, size_log_probs,
-                                                    config.density_samples, config.seed)
-    check = states_and_elbo(model, loaded, graphs, held[: config.check_molecules], index, size_log_probs,
-                            config.elbo_samples, config.seed + 1)
+    states, masks, shared = padded_states(model, loaded, graphs, rows, index)
+    bounds = torch.from_numpy(held_out_bounds(model, loaded, graphs, rows, index, size_log_probs,
+                                              config.density_samples, config.seed)).float()
+    check = padded_states(model, loaded, graphs, checked, index)
     member = model.adapters.density
     # The member fits what the size term leaves.
     residual = (-bounds - shared - model.adapters.size_term(masks)) / DENSITY_SCALE
@@ -201,7 +199,7 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     def loss_on(part: torch.Tensor) -> torch.Tensor:
         return F.huber_loss(member_output(member, states[part], masks[part]), residual[part], delta=2.0 / DENSITY_SCALE)
 
-    before = spearman(check[2].numpy(), -check[3].numpy())
+    before = spearman(check[2].numpy(), -checked_elbo)
     for parameter in member.parameters():
         parameter.requires_grad_(True)
     optimizer = torch.optim.Adam(member.parameters(), lr=1e-3)
@@ -225,7 +223,7 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
         dist = torch.full((len(check[0]),), index, dtype=torch.long)
         after = model.density(check[0], check[1], extra=model.adapters.density_term(check[0], check[1], dist))
     return {"molecules": int(len(rows)), "epochs_kept": best_epoch, "spearman_density_elbo_before": before,
-            "spearman_density_elbo_after": spearman(after.numpy(), -check[3].numpy()), "held_out_elbo": check[3]}
+            "spearman_density_elbo_after": spearman(after.numpy(), -checked_elbo)}
 
 
 @torch.no_grad()
@@ -354,13 +352,16 @@ def adapt(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     figures_started = time.perf_counter()
-    log("fitting the distribution's density term")
-    density_fit = fit_density_term(model, loaded, graphs, train, held, size_log_probs, config)
-    held_out_elbo = density_fit.pop("held_out_elbo")
-    log("held-out figures: the new distribution beside the zero-shot rows")
     checked = held[: config.check_molecules]
+    # Every row of the held-out table draws the same noise for the same molecules (the same seed and
+    # batches): their differences are the distributions', not the Monte Carlo's.
+    held_out_elbo = held_out_bounds(model, loaded, graphs, checked, index, size_log_probs, config.elbo_samples,
+                                    config.seed)
+    log("fitting the distribution's density term")
+    density_fit = fit_density_term(model, loaded, graphs, train, checked, held_out_elbo, size_log_probs, config)
+    log("held-out figures: the new distribution beside the zero-shot rows")
     null_index = model.config.num_distributions
-    figures = {"adapted": nll_figures(held_out_elbo.numpy())}
+    figures = {"adapted": nll_figures(held_out_elbo)}
     rows_by = {"null (zero-shot)": null_index}
     rows_by.update({f"{name} (zero-shot)": position for position, name in enumerate(loaded.distributions)})
     for label, dist_index in rows_by.items():
