@@ -189,7 +189,7 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     states, masks, shared = padded_states(model, loaded, graphs, rows, index)
     bounds = torch.from_numpy(held_out_bounds(model, loaded, graphs, rows, index, size_log_probs,
                                               config.density_samples, config.seed)).float()
-    check = padded_states(model, loaded, graphs, checked, index)
+    check_states, check_masks, check_shared = padded_states(model, loaded, graphs, checked, index)
     member = model.adapters.density
     # The member fits what the size term leaves.
     residual = (-bounds - shared - model.adapters.size_term(masks)) / DENSITY_SCALE
@@ -199,7 +199,7 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     def loss_on(part: torch.Tensor) -> torch.Tensor:
         return F.huber_loss(member_output(member, states[part], masks[part]), residual[part], delta=2.0 / DENSITY_SCALE)
 
-    before = spearman(check[2].numpy(), -checked_elbo)
+    before = spearman(check_shared.numpy(), -checked_elbo)
     for parameter in member.parameters():
         parameter.requires_grad_(True)
     optimizer = torch.optim.Adam(member.parameters(), lr=1e-3)
@@ -220,8 +220,9 @@ def fit_density_term(model: DiScoFormer, loaded: LoadedModel, graphs: MoleculeGr
     for parameter in member.parameters():
         parameter.requires_grad_(False)
     with torch.no_grad():
-        dist = torch.full((len(check[0]),), index, dtype=torch.long)
-        after = model.density(check[0], check[1], extra=model.adapters.density_term(check[0], check[1], dist))
+        dist = torch.full((len(check_states),), index, dtype=torch.long)
+        after = model.density(check_states, check_masks,
+                              extra=model.adapters.density_term(check_states, check_masks, dist))
     return {"molecules": int(len(rows)), "epochs_kept": best_epoch, "spearman_density_elbo_before": before,
             "spearman_density_elbo_after": spearman(after.numpy(), -checked_elbo)}
 
@@ -353,27 +354,27 @@ def adapt(
         parameter.requires_grad_(False)
     figures_started = time.perf_counter()
     checked = held[: config.check_molecules]
-    # Every row of the held-out table draws the same noise for the same molecules (the same seed and
-    # batches): their differences are the distributions', not the Monte Carlo's.
-    held_out_elbo = held_out_bounds(model, loaded, graphs, checked, index, size_log_probs, config.elbo_samples,
-                                    config.seed)
-    log("fitting the distribution's density term")
-    density_fit = fit_density_term(model, loaded, graphs, train, checked, held_out_elbo, size_log_probs, config)
     log("held-out figures: the new distribution beside the zero-shot rows")
     null_index = model.config.num_distributions
-    figures = {"adapted": nll_figures(held_out_elbo)}
-    rows_by = {"null (zero-shot)": null_index}
+    rows_by = {"adapted": index, "null (zero-shot)": null_index}
     rows_by.update({f"{name} (zero-shot)": position for position, name in enumerate(loaded.distributions)})
+    figures = {}
     for label, dist_index in rows_by.items():
+        # Every row draws the same noise for the same molecules (the same seed and batches): their
+        # differences are the distributions', not the Monte Carlo's.
         bounds = held_out_bounds(model, loaded, graphs, checked, dist_index, size_log_probs, config.elbo_samples,
                                  config.seed)
         figures[label] = nll_figures(bounds)
+        if dist_index == index:
+            held_out_elbo = bounds
         if dist_index == null_index:
             # The null id under the set's own size histogram: how much of the gain is the sizes alone.
             # Only the size term -log p(n) of the bound changes, so no second pass is needed.
             sizes_of = torch.from_numpy(graphs.sizes[checked].astype(np.int64))
             own_sizes = bounds + (size_log_probs[null_index][sizes_of] - size_log_probs[index][sizes_of]).numpy()
             figures["null (zero-shot, the set's sizes)"] = nll_figures(own_sizes)
+    log("fitting the distribution's density term")  # its term leaves the ELBOs above as they are
+    density_fit = fit_density_term(model, loaded, graphs, train, checked, held_out_elbo, size_log_probs, config)
     density = held_out_log_density(model, loaded, graphs, held, index)
     calibration = np.quantile(density, np.linspace(0, 1, CALIBRATION_QUANTILES)).tolist()
     card = {
