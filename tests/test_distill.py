@@ -175,3 +175,16 @@ def test_targets_of_chunks_padded_to_different_sizes_line_up(tmp_path):
     batch, dist = data.batch(small)
     own = clean_states(trainer.ema, batch, dist, trainer.noise)
     assert torch.allclose(states[:500, : own.shape[1]], own, atol=1e-5)
+
+
+def test_more_mutants_than_parents_come_from_second_edits_of_the_same_parents(tmp_path):
+    from molgen.training.distill import with_mutants
+
+    data = qm9_subset(tmp_path, 120, val_fraction=0.25)
+    train = len(data.indices("train"))
+    batch_of, rows = with_mutants(data, 2 * train, seed=0)
+    assert len(rows) > train  # a pool of `train` parents gave more than one mutant each
+    batch, _ = batch_of(rows)
+    encoded = {(tuple(atoms[mask].tolist()), tuple(bonds[mask][:, mask].flatten().tolist()))
+               for atoms, bonds, mask in zip(batch.atoms, batch.bonds, batch.mask)}
+    assert len(encoded) == len(rows)  # every mutant a different molecule
