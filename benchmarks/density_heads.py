@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import SHARED_DATA, write_results
+from density_fit import same_score_model
 
 from molgen.checkpoint import load_model
 from molgen.evaluation.report import heavy_atoms, load_reference_data
@@ -29,17 +30,25 @@ from molgen.stats import auroc, spearman, spearman_against_exact, spearman_again
 MIN_PER_SIZE = 100
 
 
-def elbo_estimates(checkpoint: str, smiles: list[str], samples: int,
-                   cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent ``samples``-level ELBO estimates (nats) of ``smiles``, seeds 0 and 1 as in
-    :func:`molgen.evaluation.report.discoformer_density`."""
+def score_model_digest(model) -> str:
+    """A digest of every weight outside the density head: what the ELBO depends on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith("density."):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def elbo_estimates(loaded, smiles: list[str], samples: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent ``samples``-level ELBO estimates (nats) of ``smiles`` under ``loaded``'s score
+    model, seeds 0 and 1 as in :func:`molgen.evaluation.report.discoformer_density`."""
     digest = hashlib.sha256("\n".join(smiles).encode()).hexdigest()
-    key = np.array([str(samples), digest])
+    key = np.array([str(samples), digest, score_model_digest(loaded.model)])
     if cache is not None and cache.exists():
         stored = np.load(cache)
         if np.array_equal(stored["key"], key):
             return stored["first"], stored["second"]
-    loaded = load_model(checkpoint)
     first, second = (Scorer(loaded, None, exact=True, exact_samples=samples, seed=seed)
                      .score_smiles(smiles)["elbo_nats"].to_numpy() for seed in (0, 1))
     if cache is not None:
@@ -60,13 +69,16 @@ def main() -> None:
     parser.add_argument("--tag", default="qm9")
     args = parser.parse_args()
 
+    models = [load_model(checkpoint) for checkpoint in args.heads]
+    if not all(same_score_model(models[0].model, other.model) for other in models[1:]):
+        parser.error("every HEAD must be the same score model with another density head")
     data = load_reference_data(SHARED_DATA, args.molecules, seed=0)
-    first, second = elbo_estimates(args.heads[0], data.density_test, args.samples, args.cache)
+    first, second = elbo_estimates(models[0], data.density_test, args.samples, args.cache)
     sizes = np.array([heavy_atoms(s) for s in data.density_test])
     counted = [int(n) for n in np.unique(sizes) if (sizes == n).sum() >= MIN_PER_SIZE]
     heads = []
-    for checkpoint in args.heads:
-        scorer = Scorer(load_model(checkpoint))
+    for checkpoint, loaded in zip(args.heads, models):
+        scorer = Scorer(loaded)
         density = scorer.score_smiles(data.density_test)["log_density"].to_numpy()
         mutants = scorer.score_smiles(data.mutants)["log_density"].to_numpy()
         whole = scorer.score_smiles(data.test)

@@ -171,13 +171,16 @@ def write_benchmarks_md(parts: dict, moses_parts: dict | None = None) -> None:
              "qm9_moses": "DiScoFormer QM9 + MOSES (`qm9_moses.pt` under `--dist qm9`, {params} parameters, "
                           "{epochs} epoch on both sets, {minutes:.0f} CPU-min; one draw)"}
     draws = parts.get("discoformer", {}).get("generation", {}).get("draws", [])
-    for part in ("discoformer", "smiles_lm", "floor", "qm9_moses"):
+    for part in names:
         if part not in parts:
             continue
         result = parts[part]
         generation = dict(result["generation"])
         generation["kl_score"] = (generation.get("kl_test") or {}).get("score")
         model = result.get("model", {})
+        # `molgen evaluate` reports (the qm9_moses row) keep a checkpoint's training under model.training.
+        model = {"epochs": (model.get("training") or {}).get("epochs"),
+                 "training_seconds": (model.get("training") or {}).get("seconds"), **model}
         label = names[part].format(params=f"{model.get('parameters') or 0:,}", epochs=round(model.get("epochs") or 0),
                                    minutes=(model.get("training_seconds") or 0) / 60)
         if model.get("initialized_from"):

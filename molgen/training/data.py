@@ -94,11 +94,13 @@ def with_mutants(data: TrainingData, count: int, seed: int,
     just off the data, where users' candidates often lie."""
     rng = np.random.default_rng(seed)
     pool = data.indices("train") if parent_rows is None else np.asarray(parent_rows)
-    # Up to twice as many parents as mutants (some edits all fail). Asked for more mutants than the pool
-    # has molecules, each parent comes back in a fresh order for another edit (the mutants stay distinct).
-    rounds = (1 if count <= len(pool) else -(-2 * count // len(pool))) if count and len(pool) else 0
-    parents = np.concatenate([rng.permutation(pool) for _ in range(rounds)] or [np.array([], dtype=np.int64)])
-    parents = parents[: 2 * count]
+    parents = np.array([], dtype=np.int64)
+    if count and len(pool):
+        # Up to twice as many parents as mutants (some edits all fail). Asked for more mutants than the
+        # pool has molecules, each parent comes back in a fresh order for another edit (the mutants stay
+        # distinct).
+        rounds = 1 if count <= len(pool) else -(-2 * count // len(pool))
+        parents = np.concatenate([rng.permutation(pool) for _ in range(rounds)])[: 2 * count]
     elements = tuple(sorted({key[0] for key in data.vocab.atom_types if key[1] == 0}))
     found = single_edit_mutants([str(s) for s in data.smiles[parents]], set(map(str, data.smiles)), seed=seed,
                                 elements=elements, max_atoms=data.vocab.max_atoms)
