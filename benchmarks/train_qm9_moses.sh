@@ -6,7 +6,7 @@
 #   benchmarks/train_qm9_moses.sh save     # before a session ends: RUN/checkpoint.pt -> the committed copy
 #   benchmarks/train_qm9_moses.sh carry    # a fresh machine: continue bit for bit from the committed copy
 #   benchmarks/train_qm9_moses.sh resume --consistency-weight 0   # options after the verb go to molgen train
-#   RUN=runs/qm9_moses_e2 benchmarks/train_qm9_moses.sh second   # a second epoch from the shipped, distilled model
+#   RUN=runs/qm9_moses_e2 benchmarks/train_qm9_moses.sh second   # a second epoch from the distilled checkpoint (full precision)
 #   RUN=runs/qm9_moses_e2 benchmarks/train_qm9_moses.sh save|resume|carry   # ... and the same verbs for it
 #
 # The committed copy (benchmarks/checkpoints/<RUN's name>.pt) is the training checkpoint less its
@@ -30,7 +30,7 @@ case "$VERB" in
   start) exec "$PY" -m molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9.pt "$@" ;;
   # The second epoch starts from the distilled head (a training checkpoint's head sat above its bound and
   # would pull the backbone with the consistency loss) at a lower peak learning rate than the first.
-  second) exec "$PY" -m molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9_moses.pt --lr 3e-4 "$@" ;;
+  second) exec "$PY" -m molgen train "${OPTIONS[@]}" --init-from benchmarks/checkpoints/qm9_moses_distilled.pt --lr 3e-4 "$@" ;;
   resume) exec "$PY" -m molgen train "${OPTIONS[@]}" --resume "$@" ;;
   save) "$PY" - "$RUN/checkpoint.pt" "$CARRIED" <<'PY'
 import sys
