@@ -126,11 +126,7 @@ def generate(
     if options.match_profile and not options.targets:
         unique = frame["unique"].to_numpy()
         frame.loc[unique, "thinned"] = ~thin_to_data_profile(frame.loc[unique, "density_percentile"], options.seed)
-    # Without calibration (the null distribution, a checkpoint saved before its first epoch ended) there
-    # are no percentiles: a floor would reject every sample, so it is skipped and the stats say so.
-    calibrated = scorer.quantiles is not None
-    floor = options.min_percentile if calibrated else 0.0
-    frame["passed_density"] = passes_density(frame["density_percentile"], floor) & ~frame["thinned"]
+    frame["passed_density"] = passes_density(frame["density_percentile"], options.min_percentile) & ~frame["thinned"]
     target_windows = tuple(window for target in options.targets for window in target.windows())
     check_config = replace(options.checks, windows=options.checks.windows + target_windows)
     checks = run_checks(frame["smiles"].tolist(), check_config, index=frame.index)
@@ -151,7 +147,9 @@ def generate(
     frame["rank"] = pd.array([pd.NA] * len(frame), dtype="Int64")
     frame.loc[eligible, "rank"] = order.astype("int64").to_numpy()
     stats.update({
-        "calibrated": calibrated,
+        # Without calibration (the null distribution, a checkpoint saved before its first epoch ended)
+        # there are no percentiles, and a floor above 0 rejects every sample: the CLI says why.
+        "calibrated": scorer.quantiles is not None,
         "proposed": len(frame),
         "raw_valid": int(frame["raw_valid"].sum()),
         "unique": int(frame["unique"].sum()),

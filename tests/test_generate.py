@@ -212,20 +212,22 @@ def test_a_sample_the_density_head_cannot_read_stays_unranked_and_is_counted(tin
     assert ranked["log_density"].is_monotonic_decreasing
 
 
-def test_generate_without_calibration_skips_the_density_floor_and_says_so(tmp_path, tiny_checkpoint):
-    """The null distribution has no percentiles: a floor used to reject every sample and rank none."""
+def test_generate_without_calibration_says_why_nothing_passes_the_density_floor(tmp_path, tiny_checkpoint):
+    """The null distribution has no percentiles: a floor rejects every sample, and the run says why."""
     from typer.testing import CliRunner
 
     import pandas as pd
     from molgen.cli import app
 
     out = tmp_path / "null.csv"
-    result = CliRunner().invoke(app, ["generate", "-n", "16", "--steps", "10", "--seed", "0", "--dist", "null",
-                                      "--checkpoint", str(tiny_checkpoint), "-o", str(out)])
+    base = ["generate", "-n", "16", "--steps", "10", "--seed", "0", "--dist", "null", "--checkpoint",
+            str(tiny_checkpoint), "-o", str(out)]
+    result = CliRunner().invoke(app, base)
     assert result.exit_code == 0, result.output
-    assert "no density calibration for --dist null" in result.output
+    assert "no density calibration for --dist null" in result.output and "--min-percentile 0" in result.output
     frame = pd.read_csv(out)
-    assert frame["density_percentile"].isna().all()
-    ranked = frame[frame["rank"].notna()]
-    assert len(ranked) == (frame["unique"] & frame["log_density"].notna() & frame["passed_checks"]).sum() > 0
-    assert ranked["log_density"].is_monotonic_decreasing
+    assert frame["density_percentile"].isna().all() and frame["rank"].isna().all()
+    result = CliRunner().invoke(app, base + ["--min-percentile", "0"])
+    assert result.exit_code == 0 and "no density calibration" not in result.output
+    ranked = pd.read_csv(out).dropna(subset=["rank"])
+    assert len(ranked) > 0 and ranked["log_density"].is_monotonic_decreasing

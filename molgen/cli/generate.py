@@ -106,10 +106,11 @@ def generate(
     out = Console()
     out.print(f"molgen generate: {n} samples -> {output}", highlight=False, soft_wrap=True)
     out.print(_summary(stats, n, elapsed))
-    if not stats["calibrated"]:
-        out.print(f"note: the checkpoint has no density calibration for --dist {distribution or loaded.distributions[0]}, "
-                  "so density_percentile is empty and no density floor was applied (samples are ranked by "
-                  "log_density); `molgen distill` calibrates a checkpoint", highlight=False, soft_wrap=True)
+    if not stats["calibrated"] and min_percentile > 0 and not no_filter:
+        out.print(f"note: the checkpoint has no density calibration for --dist {distribution or loaded.distributions[0]}: "
+                  f"density_percentile is empty, so no sample passes --min-percentile {min_percentile:g}; "
+                  "--min-percentile 0 ranks them by log_density, and `molgen distill` calibrates a checkpoint",
+                  highlight=False, soft_wrap=True)
 
 
 def _summary(stats: dict, n: int, elapsed: float) -> Table:
