@@ -3,6 +3,8 @@
 # property head, fitted with the backbone frozen, then the inference file and its evaluations (issue 43).
 #
 #   benchmarks/finish_qm9_moses.sh            # every step whose output is missing, in order
+#   RUN=runs/qm9_moses_e2 OUT=runs/qm9_moses_e2_final CANDIDATE= DISTILLED= benchmarks/finish_qm9_moses.sh
+#                                             # the second epoch's run, every fit redone from its checkpoint
 #
 # Each step writes its own file under OUT (default runs/qm9_moses_final) and is skipped when that file
 # exists, so the script continues where a stopped session left it. Minutes are 2-core CPU figures.
@@ -32,12 +34,13 @@ step() {  # step OUTPUT COMMAND...: run COMMAND unless OUTPUT exists
 # the repair adapter (mends 61.7% of held-out no-molecule estimates, 4.9% without it), the property head
 # (400 steps) and the near-miss term, half precision. A fresh machine starts from it at the evaluations;
 # without it the script rebuilds it from the distilled checkpoint (about 2 CPU-hours).
-CANDIDATE=molgen/weights/qm9_moses.pt
-if [ -e "$CANDIDATE" ] && [ ! -e "$OUT/candidate.pt" ]; then cp "$CANDIDATE" "$OUT/candidate.pt"; fi
+# Another run (the second epoch) finishes its own: CANDIDATE= DISTILLED= (empty) rebuild both from RUN.
+CANDIDATE=${CANDIDATE-molgen/weights/qm9_moses.pt}
+if [ -n "$CANDIDATE" ] && [ -e "$CANDIDATE" ] && [ ! -e "$OUT/candidate.pt" ]; then cp "$CANDIDATE" "$OUT/candidate.pt"; fi
 if [ ! -e "$OUT/candidate.pt" ]; then
   # The distilled checkpoint (EMA weights, the density head below, training-set hashes; no optimizer).
-  DISTILLED=benchmarks/checkpoints/qm9_moses_distilled.pt
-  if [ ! -e "$OUT/distilled.pt" ] && [ -e "$DISTILLED" ]; then cp "$DISTILLED" "$OUT/distilled.pt"; fi
+  DISTILLED=${DISTILLED-benchmarks/checkpoints/qm9_moses_distilled.pt}
+  if [ -n "$DISTILLED" ] && [ ! -e "$OUT/distilled.pt" ] && [ -e "$DISTILLED" ]; then cp "$DISTILLED" "$OUT/distilled.pt"; fi
   # The density head onto importance-sampled ELBOs of training molecules of both sets and their mutants,
   # with per-atom terms; percentiles calibrated per distribution on each one's held-out molecules (~25 min).
   # --fresh-head: the run's own head ended stuck above its bound (+1,300 nats; see CHANGELOG, Fixed).
