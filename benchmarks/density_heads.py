@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 from _common import SHARED_DATA, write_results
-from density_fit import same_score_model
 
 from molgen.checkpoint import load_model
 from molgen.evaluation.report import heavy_atoms, load_reference_data
@@ -40,11 +39,13 @@ def score_model_digest(model) -> str:
     return digest.hexdigest()
 
 
-def elbo_estimates(loaded, smiles: list[str], samples: int, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+def elbo_estimates(loaded, score_model: str, smiles: list[str], samples: int,
+                   cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """Two independent ``samples``-level ELBO estimates (nats) of ``smiles`` under ``loaded``'s score
-    model, seeds 0 and 1 as in :func:`molgen.evaluation.report.discoformer_density`."""
+    model (``score_model``, its digest, keys the cache), seeds 0 and 1 as in
+    :func:`molgen.evaluation.report.discoformer_density`."""
     digest = hashlib.sha256("\n".join(smiles).encode()).hexdigest()
-    key = np.array([str(samples), digest, score_model_digest(loaded.model)])
+    key = np.array([str(samples), digest, score_model])
     if cache is not None and cache.exists():
         stored = np.load(cache)
         if np.array_equal(stored["key"], key):
@@ -70,10 +71,11 @@ def main() -> None:
     args = parser.parse_args()
 
     models = [load_model(checkpoint) for checkpoint in args.heads]
-    if not all(same_score_model(models[0].model, other.model) for other in models[1:]):
+    score_models = {score_model_digest(loaded.model) for loaded in models}
+    if len(score_models) > 1:
         parser.error("every HEAD must be the same score model with another density head")
     data = load_reference_data(SHARED_DATA, args.molecules, seed=0)
-    first, second = elbo_estimates(models[0], data.density_test, args.samples, args.cache)
+    first, second = elbo_estimates(models[0], score_models.pop(), data.density_test, args.samples, args.cache)
     sizes = np.array([heavy_atoms(s) for s in data.density_test])
     counted = [int(n) for n in np.unique(sizes) if (sizes == n).sum() >= MIN_PER_SIZE]
     heads = []

@@ -22,12 +22,14 @@ CARRIED=benchmarks/checkpoints/$(basename "$RUN").pt
 # find the molgen/ package folder, not the command (a nohup shell did: "molgen: Is a directory").
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 OPTIONS=(qm9 "moses=$DATA/moses/train.csv.gz" --qm9-path "$DATA" --aromatic-bonds --kekule-features
-         --max-atoms 32 --epochs 1 --batch-size 128 --lr 5e-4 --bond-repair-share 0.15 --val-molecules 500
+         --max-atoms 32 --epochs 1 --batch-size 128 --bond-repair-share 0.15 --val-molecules 500
          --size-buckets 64 --checkpoint-minutes 10 --workers 2 -o "$RUN")
 VERB=${1:-start}
 shift || true
 case "$VERB" in
-  start) exec "$PY" -m molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9.pt "$@" ;;
+  # The learning rate is given only where a run starts: resume and carry take the checkpoint's (an explicit
+  # --lr would override it).
+  start) exec "$PY" -m molgen train "${OPTIONS[@]}" --init-from molgen/weights/qm9.pt --lr 5e-4 "$@" ;;
   # The second epoch starts from the distilled head (a training checkpoint's head sat above its bound and
   # would pull the backbone with the consistency loss) at a lower peak learning rate than the first.
   second) exec "$PY" -m molgen train "${OPTIONS[@]}" --init-from benchmarks/checkpoints/qm9_moses_distilled.pt --lr 3e-4 "$@" ;;

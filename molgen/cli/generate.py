@@ -109,7 +109,7 @@ def generate(
     if not stats["calibrated"] and min_percentile > 0 and not no_filter:
         out.print(f"note: the checkpoint has no density calibration for --dist {distribution or loaded.distributions[0]}: "
                   f"density_percentile is empty, so no sample passes --min-percentile {min_percentile:g}; "
-                  "--min-percentile 0 ranks them by log_density, and `molgen distill` calibrates a checkpoint",
+                  "--min-percentile 0 ranks them by log_density (`molgen distill` calibrates a checkpoint's training distributions)",
                   highlight=False, soft_wrap=True)
 
 
